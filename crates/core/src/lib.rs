@@ -1,0 +1,27 @@
+//! # lockstep-core
+//!
+//! The Raft protocol of lockstep as a deterministic, sans-IO state machine ([`Raft`]), the
+//! types it speaks ([`Entry`], [`Message`], [`Event`], [`Action`], ...), and — with the
+//! `testing` feature — a deterministic cluster simulator ([`sim`]) that checks Raft's
+//! safety properties and linearizability under faults.
+//!
+//! See `docs/internals/protocol.md` for the event/action model and the persistence rules.
+
+pub mod config;
+pub mod event;
+pub mod membership;
+pub mod message;
+pub mod raft;
+pub mod rng;
+pub mod types;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod sim;
+
+pub use config::{ConfigError, RaftConfig};
+pub use event::{Action, ClientError, Event, Proposal, ReadConsistency, Reply};
+pub use membership::{MembershipChange, MembershipConfig, MembershipError};
+pub use message::{AppendResult, Message, MessageBody};
+pub use raft::{InitError, InitialState, Raft, Role, Status};
+pub use rng::Rng;
+pub use types::{ClientSession, Entry, EntryPayload, HardState, Index, LogId, NodeId, RequestId, SnapshotMeta, Term};

@@ -1,0 +1,289 @@
+//! Log replication (§5.3): the leader's send path with flow control and pipelining, the
+//! follower's consistency check with truncation of conflicting suffixes, fast backtracking,
+//! and durable acknowledgements.
+
+use super::progress::{Progress, ReplicationState};
+use super::{Raft, Role};
+use crate::event::{Action, ClientError, Proposal};
+use crate::message::{AppendResult, MessageBody};
+use crate::types::{Entry, EntryPayload, Index, LogId, NodeId};
+
+impl Raft {
+    /// Client commands: appended and replicated by the leader only.
+    pub(crate) fn propose(&mut self, proposals: Vec<Proposal>) {
+        let refusal = if !self.is_leader() {
+            Some(self.not_leader())
+        } else if self.leader_state.as_ref().is_some_and(|l| l.transfer.is_some()) {
+            Some(ClientError::TransferInProgress)
+        } else {
+            None
+        };
+        if let Some(err) = refusal {
+            for p in proposals {
+                self.respond(p.id, Err(err.clone()));
+            }
+            return;
+        }
+        let items = proposals
+            .into_iter()
+            .map(|p| (EntryPayload::Command { session: p.session, data: p.data }, Some(p.id)))
+            .collect();
+        self.append_as_leader(items);
+    }
+
+    /// Sends whatever each follower can take now.
+    pub(crate) fn broadcast_append(&mut self) {
+        let peers: Vec<NodeId> = match &self.leader_state {
+            Some(ls) => ls.progress.keys().copied().collect(),
+            None => return,
+        };
+        for to in peers {
+            self.send_append(to);
+        }
+    }
+
+    /// Sends AppendEntries to `to` while flow control allows (pipelining in the replicate
+    /// state, one probe at a time otherwise), or a snapshot when the entries are purged.
+    pub(crate) fn send_append(&mut self, to: NodeId) {
+        let (max_msgs, max_bytes) = (self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes);
+        loop {
+            let last = self.log.last_index();
+            let Some(pr) = self.progress(to) else { return };
+            if pr.is_blocked(max_msgs, max_bytes) {
+                return;
+            }
+            let next = pr.next;
+            if next > last && pr.state == ReplicationState::Replicate {
+                return;
+            }
+            let probe = pr.state == ReplicationState::Probe;
+            let prev_index = next - 1;
+            let Some(prev_term) = self.log.term(prev_index) else {
+                self.send_snapshot(to);
+                return;
+            };
+            let mut entries = self.log.slice(next, last, self.cfg.max_bytes_per_msg);
+            entries.truncate(self.cfg.max_entries_per_msg);
+            let bytes: usize = entries.iter().map(Entry::size_hint).sum();
+            let last_sent = entries.last().map_or(prev_index, |e| e.log_id.index);
+            let empty = entries.is_empty();
+            self.send(
+                to,
+                MessageBody::AppendEntries {
+                    prev_log_id: LogId::new(prev_term, prev_index),
+                    entries,
+                    leader_commit: self.commit,
+                },
+            );
+            if let Some(pr) = self.progress_mut(to) {
+                pr.sent(last_sent, bytes);
+            }
+            if probe || empty {
+                return;
+            }
+        }
+    }
+
+    pub(crate) fn progress(&self, id: NodeId) -> Option<&Progress> {
+        self.leader_state.as_ref()?.progress.get(&id)
+    }
+
+    pub(crate) fn progress_mut(&mut self, id: NodeId) -> Option<&mut Progress> {
+        self.leader_state.as_mut()?.progress.get_mut(&id)
+    }
+
+    /// Follower side of AppendEntries (§5.3, Figure 2 receiver rules 2–5).
+    pub(crate) fn handle_append_entries(&mut self, from: NodeId, prev: LogId, entries: Vec<Entry>, leader_commit: Index) {
+        if self.installing.is_some() {
+            return; // the leader retries once the snapshot is in
+        }
+        let last_in_msg = prev.index + entries.len() as u64;
+        // Entries at or below our commit index are identical on every node (Leader
+        // Completeness), so only the part above it needs checking.
+        let (prev, entries) = if prev.index < self.commit {
+            let skip = ((self.commit - prev.index) as usize).min(entries.len());
+            let new_prev = if skip == 0 { prev } else { entries[skip - 1].log_id };
+            (LogId::new(new_prev.term, prev.index + skip as u64), entries[skip..].to_vec())
+        } else {
+            (prev, entries)
+        };
+        if prev.index > self.commit && !self.log.matches(prev) {
+            let hint = self.log.find_conflict_by_term(prev.index.min(self.log.last_index()), prev.term);
+            tracing::debug!(node = self.id, from, %prev, %hint, "append rejected");
+            self.send(from, MessageBody::AppendResponse(AppendResult::Conflict { rejected: prev.index, hint }));
+            return;
+        }
+        let conflict = entries.iter().position(|e| self.log.term(e.log_id.index) != Some(e.log_id.term));
+        if let Some(pos) = conflict {
+            let at = entries[pos].log_id.index;
+            if at <= self.commit {
+                tracing::error!(node = self.id, from, at, commit = self.commit, "leader tried to overwrite a committed entry; ignoring");
+                return;
+            }
+            if at <= self.log.last_index() {
+                self.truncate_log(at);
+            }
+            let rest: Vec<Entry> = entries[pos..].to_vec();
+            for e in &rest {
+                if let EntryPayload::Membership(c) = &e.payload {
+                    self.membership.push(e.log_id.index, c.clone());
+                }
+            }
+            self.log.append(rest.iter().cloned());
+            self.actions.push(Action::AppendLog(rest));
+        }
+        self.verified_match = self.verified_match.max(last_in_msg);
+        self.commit_to(leader_commit.min(last_in_msg));
+        let durable = self.durable_ack();
+        self.acked_durable = self.acked_durable.max(durable);
+        self.send(from, MessageBody::AppendResponse(AppendResult::Success { last_accepted: last_in_msg, durable }));
+    }
+
+    /// Highest index we may tell the leader is durable and matching.
+    fn durable_ack(&self) -> Index {
+        #[cfg(any(test, feature = "testing"))]
+        if self.cfg.bugs.ack_before_durable {
+            return self.verified_match;
+        }
+        self.verified_match.min(self.durable)
+    }
+
+    /// Removes a conflicting suffix (only uncommitted entries can conflict).
+    pub(crate) fn truncate_log(&mut self, from: Index) {
+        self.log.truncate(from);
+        self.membership.truncate(from);
+        self.durable = self.durable.min(from - 1);
+        self.actions.push(Action::TruncateLog { from });
+        let dropped: Vec<Index> = self.proposals.range(from..).map(|(i, _)| *i).collect();
+        for i in dropped {
+            if let Some((_, id)) = self.proposals.remove(&i) {
+                self.respond(id, Err(ClientError::ProposalDropped));
+            }
+        }
+    }
+
+    /// The runtime synced the log up to `id`: a follower acknowledges, a leader may commit.
+    pub(crate) fn on_log_durable(&mut self, id: LogId) {
+        if !self.log.matches(id) || id.index <= self.durable {
+            return;
+        }
+        self.durable = id.index;
+        match self.role {
+            Role::Leader => {
+                self.maybe_commit();
+                self.maybe_send_timeout_now();
+            }
+            _ => {
+                let ack = self.durable_ack();
+                if let Some(leader) = self.leader {
+                    if ack > self.acked_durable {
+                        self.acked_durable = ack;
+                        let last_accepted = self.verified_match;
+                        self.send(leader, MessageBody::AppendResponse(AppendResult::Success { last_accepted, durable: ack }));
+                    }
+                }
+            }
+        }
+        self.maybe_apply();
+    }
+
+    /// Leader side of AppendEntries responses.
+    pub(crate) fn handle_append_response(&mut self, from: NodeId, result: AppendResult) {
+        if !self.is_leader() {
+            return;
+        }
+        let last = self.log.last_index();
+        match result {
+            AppendResult::Success { last_accepted, durable } => {
+                let (last_accepted, durable) = (last_accepted.min(last), durable.min(last));
+                let Some(pr) = self.progress_mut(from) else { return };
+                pr.recent_active = true;
+                pr.free_upto(last_accepted);
+                match pr.state {
+                    ReplicationState::Probe => {
+                        pr.next = pr.next.max(last_accepted + 1);
+                        pr.become_replicate();
+                    }
+                    ReplicationState::Replicate => pr.next = pr.next.max(last_accepted + 1),
+                    ReplicationState::Snapshot(idx) if last_accepted >= idx => {
+                        pr.become_probe();
+                        pr.next = last_accepted + 1;
+                        pr.become_replicate();
+                    }
+                    ReplicationState::Snapshot(_) => {}
+                }
+                let advanced = durable > pr.matched;
+                if advanced {
+                    pr.matched = durable;
+                }
+                if advanced {
+                    self.maybe_commit();
+                    self.maybe_send_timeout_now();
+                }
+            }
+            AppendResult::Conflict { rejected, hint } => {
+                let leader_conflict = if hint.term > 0 {
+                    self.log.find_conflict_by_term(hint.index, hint.term).index
+                } else {
+                    hint.index
+                };
+                let Some(pr) = self.progress_mut(from) else { return };
+                pr.recent_active = true;
+                let stale = match pr.state {
+                    ReplicationState::Probe => rejected + 1 != pr.next,
+                    ReplicationState::Replicate => rejected <= pr.matched,
+                    ReplicationState::Snapshot(_) => true,
+                };
+                if stale {
+                    return;
+                }
+                let next = (leader_conflict + 1).min(rejected).max(pr.matched + 1);
+                pr.become_probe();
+                pr.next = next;
+                tracing::debug!(from, rejected, next, "backtracking");
+            }
+        }
+        self.send_append(from);
+    }
+
+    /// Heartbeat on a follower: adopt the commit index the leader vouches for (at most what
+    /// it knows we have durably) and echo the read round.
+    pub(crate) fn handle_heartbeat(&mut self, from: NodeId, leader_commit: Index, read_seq: u64) {
+        if self.installing.is_none() {
+            self.commit_to(leader_commit.min(self.log.last_index()));
+        }
+        self.send(from, MessageBody::HeartbeatResponse { read_seq });
+    }
+
+    /// Leader: a heartbeat answer proves liveness, confirms a read round and detects stalled
+    /// replication (lost messages) so it restarts with a probe.
+    pub(crate) fn handle_heartbeat_response(&mut self, from: NodeId, read_seq: u64) {
+        if !self.is_leader() {
+            return;
+        }
+        let last = self.log.last_index();
+        let Some(pr) = self.progress_mut(from) else { return };
+        pr.recent_active = true;
+        pr.read_ack = pr.read_ack.max(read_seq);
+        if pr.matched < last {
+            match pr.state {
+                ReplicationState::Probe => pr.paused = false,
+                ReplicationState::Replicate => {
+                    if pr.matched == pr.last_matched_seen {
+                        pr.stalled += 1;
+                        if pr.stalled >= 3 {
+                            pr.stalled = 0;
+                            pr.become_probe();
+                        }
+                    } else {
+                        pr.stalled = 0;
+                    }
+                }
+                ReplicationState::Snapshot(_) => {}
+            }
+        }
+        pr.last_matched_seen = pr.matched;
+        self.check_read_rounds();
+        self.send_append(from);
+    }
+}
