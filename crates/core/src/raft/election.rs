@@ -22,9 +22,13 @@ impl Raft {
         }
     }
 
-    /// Only voters of the configuration in force campaign (learners never do, thesis §4.2.1).
+    /// Voters campaign; learners never do (thesis §4.2.1). A node removed by a configuration
+    /// that is not yet committed may still campaign: votes are counted in the configuration
+    /// in force, which it need not belong to (thesis §4.2.2), and without this a removed node
+    /// holding the longest log could block every election.
     pub(crate) fn is_promotable(&self) -> bool {
-        self.membership.effective().is_voter(self.id) && self.installing.is_none()
+        let me = self.id;
+        (self.membership.effective().is_voter(me) || self.membership.at(self.commit).is_voter(me)) && self.installing.is_none()
     }
 
     pub(crate) fn start_election(&mut self, transfer: bool) {

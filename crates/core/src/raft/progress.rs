@@ -113,7 +113,6 @@ impl Progress {
         }
     }
 }
-}
 
 #[cfg(test)]
 mod tests {

@@ -13,7 +13,8 @@
 //! call it meets if the model accepts it, and backtracking when it meets the return of an
 //! operation it has not linearized yet. Visited configurations (the set of linearized operations
 //! as a bitset, together with the model state) are memoized, so no configuration is explored
-//! twice.
+//! twice. The search is bounded by a step budget per key; running out gives
+//! [`LinearizabilityError::Inconclusive`] rather than a verdict.
 //!
 //! # Timing conventions
 //!
@@ -23,11 +24,15 @@
 //!   timestamps). This is the conservative choice: it never reports a violation that depends on
 //!   how two events with the same timestamp were ordered.
 //! * An operation with `complete: None` (unknown outcome, e.g. a timeout) may take effect at any
-//!   instant after its invocation, or never. It is given a return event at +infinity, and the
-//!   search succeeds as soon as every *completed* operation has been linearized. Its return
+//!   instant after its invocation, or never: it behaves as if its return came at +infinity, and
+//!   the search succeeds as soon as every *completed* operation has been linearized. Its return
 //!   value, if any, is ignored. A get with an unknown outcome constrains nothing and is dropped.
+//!
+//! Operations with an unknown outcome would multiply the search space (each could be placed
+//! anywhere after its invocation, or nowhere), so the search only places them where they are
+//! needed; see the private `search` function for the reductions used and why they are sound.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 /// A key in the model.
@@ -371,7 +376,8 @@ fn relink(next: &mut [usize], prev: &mut [usize], node: usize) {
 
 /// Whether bit `i` is set in `bits`.
 fn bit_is_set(bits: &[u64], i: usize) -> bool {
-    bits.get(i / 64).is_some_and(|w| w & (1u64 << (i % 64)) != 0)
+    bits.get(i / 64)
+        .is_some_and(|w| w & (1u64 << (i % 64)) != 0)
 }
 
 /// Sets or clears bit `i` of `bits`.
@@ -437,97 +443,210 @@ impl Visited {
     }
 }
 
-/// Bit positions of an op in the completed-op and optional-op bitsets.
-fn op_bit(i: usize, required_total: usize) -> (bool, usize) {
-    if i < required_total {
-        (true, i)
-    } else {
-        (false, i - required_total)
+/// Maps every written value that no operation can tell apart from another to one
+/// representative, so that the search does not tell them apart either.
+///
+/// Only the values returned by gets and expected by compare-and-swaps are ever compared with
+/// the state, so two states outside that set behave identically under every operation.
+fn merge_unobserved_values(ops: &mut [KeyOp]) {
+    let mut observed: HashSet<Option<Value>> = HashSet::new();
+    for op in ops.iter() {
+        match op.effect {
+            Effect::Write(_) => {}
+            Effect::Read(value) => {
+                observed.insert(value);
+            }
+            Effect::CasSwapped { expected, .. }
+            | Effect::CasUnchanged { expected }
+            | Effect::CasUnknown { expected, .. } => {
+                observed.insert(expected);
+            }
+        }
     }
+    let Some(unobserved) = (0..=Value::MAX).find(|v| !observed.contains(&Some(*v))) else {
+        return;
+    };
+    let merge = |value: Value| {
+        if observed.contains(&Some(value)) {
+            value
+        } else {
+            unobserved
+        }
+    };
+    for op in ops.iter_mut() {
+        op.effect = match op.effect {
+            Effect::Write(value) => Effect::Write(merge(value)),
+            Effect::CasSwapped { expected, new } => Effect::CasSwapped {
+                expected,
+                new: merge(new),
+            },
+            Effect::CasUnknown { expected, new } => Effect::CasUnknown {
+                expected,
+                new: merge(new),
+            },
+            other => other,
+        };
+    }
+}
+
+/// The nodes of the required calls that may be linearized next: those before the first
+/// pending return.
+fn window<'a>(
+    next: &'a [usize],
+    head: usize,
+    tail: usize,
+    node_is_call: &'a [bool],
+) -> impl Iterator<Item = usize> + 'a {
+    let mut node = head;
+    std::iter::from_fn(move || {
+        node = next.get(node).copied().unwrap_or(tail);
+        (node != tail && node_is_call.get(node).copied().unwrap_or(false)).then_some(node)
+    })
+}
+
+/// Whether a block of optional ops that started in state `before_block` and now reaches
+/// `state` can still be useful: either a required candidate (`window`) that rejects
+/// `before_block` accepts `state`, so the block can end here, or an optional compare-and-swap
+/// may continue it from `state` (and some candidate rejects `before_block`, so it can end).
+fn block_can_continue(
+    window: impl Iterator<Item = Effect>,
+    before_block: Option<Value>,
+    state: Option<Value>,
+    optional_cas_expected: &HashSet<Option<Value>>,
+) -> bool {
+    let mut some_candidate_needs_a_block = false;
+    for effect in window {
+        if effect.apply(before_block).is_none() {
+            if effect.apply(state).is_some() {
+                return true;
+            }
+            some_candidate_needs_a_block = true;
+        }
+    }
+    some_candidate_needs_a_block && optional_cas_expected.contains(&state)
+}
+
+/// Where the search is in the candidates of the current configuration.
+#[derive(Debug, Clone, Copy)]
+enum Cursor {
+    /// Trying the completed op whose call is at this node of the event list.
+    Required(usize),
+    /// Trying optional op `index` (in invocation order); optional ops invoked no later than
+    /// `limit` (the time of the first pending return) are available.
+    Optional { index: usize, limit: u64 },
+}
+
+/// One linearized operation on the search stack.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    /// The candidate that was taken (to resume after it when backtracking).
+    cursor: Cursor,
+    /// The model state before it.
+    state: Option<Value>,
+    /// The pending block before it.
+    block_start: Option<Option<Value>>,
 }
 
 /// The WGL search over one key's operations.
 ///
-/// Operations with an unknown outcome ("optional") are only linearized in a canonical way,
-/// which keeps the search from trying every subset of them at every point. If a history has a
-/// linearization, it has one where:
+/// Completed ("required") operations are handled as in WGL: their call and return events are
+/// in a doubly linked list ordered by time, and only calls before the first pending return may
+/// be linearized next. Operations with an unknown outcome ("optional") are kept apart, ordered
+/// by invocation; one is available when it was invoked no later than the first pending return.
+/// Required candidates are tried before optional ones.
+///
+/// Optional operations are only linearized in a canonical way, which keeps the search from
+/// trying every subset of them at every point. If a history has a linearization, it has one
+/// where:
 /// * no optional operation leaves the state unchanged (such an operation can be omitted);
-/// * every run of consecutive optional operations is immediately followed by a completed
-///   operation that would *not* accept the state before the run (otherwise the run can be
-///   dropped, or moved after that operation when it is a failed compare-and-swap; optional
-///   operations can always be moved later since they have no deadline), so no run ends the
-///   linearization either;
+/// * every run ("block") of consecutive optional operations is immediately followed by a
+///   completed operation that would *not* accept the state before the block (otherwise the
+///   block can be dropped, or moved after that operation when it is a failed compare-and-swap;
+///   optional operations can always be moved later since they have no deadline), so no block
+///   ends the linearization either;
+/// * an optional put only starts a block (whatever precedes it in the block is overwritten and
+///   can be dropped);
 /// * optional operations with the same effect, being interchangeable once invoked, are used in
 ///   invocation order (the i-th use can take the i-th earliest-invoked one).
 ///
 /// Only such linearizations are searched, and the memoization uses dominance (see
 /// [`Visited`]).
 fn search(ops: &[KeyOp], max_steps: u64) -> Outcome {
-    // Completed ("required") operations first, then optional ones by invocation time, so that
-    // op indices below `required_total` are required and the others are optional.
-    let mut ordered: Vec<KeyOp> = ops.iter().filter(|o| o.complete.is_some()).copied().collect();
-    let required_total = ordered.len();
+    let mut ops = ops.to_vec();
+    merge_unobserved_values(&mut ops);
+    let required: Vec<KeyOp> = ops
+        .iter()
+        .filter(|o| o.complete.is_some())
+        .copied()
+        .collect();
+    let required_total = required.len();
     if required_total == 0 {
         return Outcome::Linearizable;
     }
-    let mut optional: Vec<KeyOp> = ops.iter().filter(|o| o.complete.is_none()).copied().collect();
+    let mut optional: Vec<KeyOp> = ops
+        .iter()
+        .filter(|o| o.complete.is_none())
+        .copied()
+        .collect();
     optional.sort_by_key(|o| o.invoke);
-    ordered.extend(optional);
-    let ops = ordered;
-    let n = ops.len();
 
     // For each optional op, the previous optional op (in invocation order) with the same effect.
-    let mut previous_same: Vec<Option<usize>> = vec![None; n];
+    let mut previous_same: Vec<Option<usize>> = vec![None; optional.len()];
     let mut last_with_effect: HashMap<Effect, usize> = HashMap::new();
-    for (i, op) in ops.iter().enumerate().skip(required_total) {
-        previous_same[i] = last_with_effect.insert(op.effect, i);
+    for (j, op) in optional.iter().enumerate() {
+        previous_same[j] = last_with_effect.insert(op.effect, j);
     }
 
-    // Events as (time, rank, op, is_call). Rank 0 = call, 1 = return, 2 = return at +infinity
-    // of an operation with an unknown outcome. Calls sort before returns at equal times, so
-    // operations that merely touch in time are treated as concurrent. Among optional ops with
-    // equal invocation times, the op index follows invocation order.
-    let mut events: Vec<(u64, u8, usize, bool)> = Vec::with_capacity(2 * n);
-    for (i, o) in ops.iter().enumerate() {
-        events.push((o.invoke, 0, i, true));
-        match o.complete {
-            Some(t) => events.push((t, 1, i, false)),
-            None => events.push((u64::MAX, 2, i, false)),
-        }
+    // Events of the required ops as (time, rank, op): rank 0 = call, 1 = return. Calls sort
+    // before returns at equal times, so operations that merely touch in time are concurrent.
+    let mut events: Vec<(u64, u8, usize)> = Vec::with_capacity(2 * required_total);
+    for (i, o) in required.iter().enumerate() {
+        events.push((o.invoke, 0, i));
+        events.push((o.complete.unwrap_or(u64::MAX), 1, i));
     }
     events.sort_unstable();
 
-    // Doubly linked list over nodes: 0 = head sentinel, 1..=2n = events, 2n+1 = tail sentinel.
-    let len = 2 * n + 2;
+    // Doubly linked list over nodes: 0 = head sentinel, 1..=2r = events, 2r+1 = tail sentinel.
+    let len = events.len() + 2;
     let head = 0;
     let tail = len - 1;
     let mut next: Vec<usize> = (1..=len).collect();
     next[tail] = tail;
     let mut prev: Vec<usize> = (0..len).map(|i| i.saturating_sub(1)).collect();
     let mut node_op = vec![0usize; len];
+    let mut node_time = vec![u64::MAX; len];
     let mut node_is_call = vec![false; len];
-    let mut return_node = vec![tail; n];
-    for (pos, &(_, _, op, is_call)) in events.iter().enumerate() {
+    let mut return_node = vec![tail; required_total];
+    for (pos, &(time, rank, op)) in events.iter().enumerate() {
         let node = pos + 1;
         node_op[node] = op;
-        node_is_call[node] = is_call;
-        if !is_call {
+        node_time[node] = time;
+        node_is_call[node] = rank == 0;
+        if rank != 0 {
             return_node[op] = node;
         }
     }
 
+    // Every value an optional compare-and-swap expects (a block may pass through it).
+    let optional_cas_expected: HashSet<Option<Value>> = optional
+        .iter()
+        .filter_map(|op| match op.effect {
+            Effect::CasUnknown { expected, .. } => Some(expected),
+            _ => None,
+        })
+        .collect();
+
     let mut required_bits = vec![0u64; required_total.div_ceil(64)];
     let mut optional_part = OptionalPart {
-        linearized: vec![0u64; (n - required_total).div_ceil(64)],
+        linearized: vec![0u64; optional.len().div_ceil(64)],
         block_start: None,
     };
     let mut state: Option<Value> = None;
-    // (call node of a linearized operation, model state and pending block before it)
-    let mut stack: Vec<(usize, Option<Value>, Option<Option<Value>>)> = Vec::new();
+    let mut stack: Vec<Frame> = Vec::new();
     let mut visited = Visited::default();
     let mut required_done = 0usize;
     let mut steps = 0u64;
-    let mut entry = next[head];
+    let mut cursor = Cursor::Required(next[head]);
 
     loop {
         if required_done == required_total {
@@ -538,77 +657,117 @@ fn search(ops: &[KeyOp], max_steps: u64) -> Outcome {
         }
         steps += 1;
 
-        if entry != tail && node_is_call[entry] {
-            let i = node_op[entry];
-            let op = ops[i];
-            let (required, bit) = op_bit(i, required_total);
-            let allowed = if required {
+        match cursor {
+            Cursor::Required(node) if node != tail && node_is_call[node] => {
+                let i = node_op[node];
+                let effect = required[i].effect;
                 // A completed op ending a block must need the block.
-                match optional_part.block_start {
-                    Some(before_block) => op.effect.apply(before_block).is_none(),
+                let needs_block = match optional_part.block_start {
+                    Some(before_block) => effect.apply(before_block).is_none(),
                     None => true,
-                }
-            } else {
-                match previous_same[i] {
-                    Some(p) => bit_is_set(&optional_part.linearized, p - required_total),
-                    None => true,
-                }
-            };
-            let candidate = op
-                .effect
-                .apply(state)
-                .filter(|&new_state| allowed && (required || new_state != state));
-            if let Some(new_state) = candidate {
-                let block_before = optional_part.block_start;
-                if required {
-                    set_bit(&mut required_bits, bit, true);
+                };
+                if let Some(new_state) = effect.apply(state).filter(|_| needs_block) {
+                    let block_start = optional_part.block_start;
+                    set_bit(&mut required_bits, i, true);
                     optional_part.block_start = None;
-                } else {
-                    set_bit(&mut optional_part.linearized, bit, true);
-                    optional_part.block_start = Some(block_before.unwrap_or(state));
-                }
-                if visited.insert(&required_bits, new_state, &optional_part) {
-                    stack.push((entry, state, block_before));
-                    state = new_state;
-                    unlink(&mut next, &mut prev, entry);
-                    unlink(&mut next, &mut prev, return_node[i]);
-                    if required {
+                    if visited.insert(&required_bits, new_state, &optional_part) {
+                        stack.push(Frame {
+                            cursor,
+                            state,
+                            block_start,
+                        });
+                        state = new_state;
+                        unlink(&mut next, &mut prev, node);
+                        unlink(&mut next, &mut prev, return_node[i]);
                         required_done += 1;
+                        cursor = Cursor::Required(next[head]);
+                        continue;
                     }
-                    entry = next[head];
+                    set_bit(&mut required_bits, i, false);
+                    optional_part.block_start = block_start;
+                }
+                cursor = Cursor::Required(next[node]);
+            }
+            Cursor::Required(node) => {
+                // No more required candidates: `node` is the first pending return.
+                cursor = Cursor::Optional {
+                    index: 0,
+                    limit: node_time[node],
+                };
+            }
+            Cursor::Optional { index, limit } => {
+                // Skip optional ops already used or not in turn.
+                let mut j = index;
+                while j < optional.len()
+                    && (bit_is_set(&optional_part.linearized, j)
+                        || previous_same[j]
+                            .is_some_and(|p| !bit_is_set(&optional_part.linearized, p)))
+                {
+                    j += 1;
+                }
+                let available = optional.get(j).filter(|op| op.invoke <= limit);
+                if let Some(op) = available {
+                    let starts_only = matches!(op.effect, Effect::Write(_));
+                    let allowed = !starts_only || optional_part.block_start.is_none();
+                    let before_block = optional_part.block_start.unwrap_or(state);
+                    let candidate = op.effect.apply(state).filter(|&new_state| {
+                        allowed
+                            && new_state != state
+                            && block_can_continue(
+                                window(&next, head, tail, &node_is_call)
+                                    .map(|node| required[node_op[node]].effect),
+                                before_block,
+                                new_state,
+                                &optional_cas_expected,
+                            )
+                    });
+                    if let Some(new_state) = candidate {
+                        let block_start = optional_part.block_start;
+                        set_bit(&mut optional_part.linearized, j, true);
+                        optional_part.block_start = Some(block_start.unwrap_or(state));
+                        if visited.insert(&required_bits, new_state, &optional_part) {
+                            stack.push(Frame {
+                                cursor: Cursor::Optional { index: j, limit },
+                                state,
+                                block_start,
+                            });
+                            state = new_state;
+                            cursor = Cursor::Required(next[head]);
+                            continue;
+                        }
+                        set_bit(&mut optional_part.linearized, j, false);
+                        optional_part.block_start = block_start;
+                    }
+                    cursor = Cursor::Optional {
+                        index: j + 1,
+                        limit,
+                    };
                     continue;
                 }
-                optional_part.block_start = block_before;
-                if required {
-                    set_bit(&mut required_bits, bit, false);
-                } else {
-                    set_bit(&mut optional_part.linearized, bit, false);
-                }
+                // No candidate left in this configuration: undo the last choice.
+                let Some(frame) = stack.pop() else {
+                    return Outcome::NotLinearizable;
+                };
+                state = frame.state;
+                optional_part.block_start = frame.block_start;
+                cursor = match frame.cursor {
+                    Cursor::Required(node) => {
+                        let i = node_op[node];
+                        set_bit(&mut required_bits, i, false);
+                        required_done -= 1;
+                        relink(&mut next, &mut prev, return_node[i]);
+                        relink(&mut next, &mut prev, node);
+                        Cursor::Required(next[node])
+                    }
+                    Cursor::Optional { index, limit } => {
+                        set_bit(&mut optional_part.linearized, index, false);
+                        Cursor::Optional {
+                            index: index + 1,
+                            limit,
+                        }
+                    }
+                };
             }
-            entry = next[entry];
-        } else {
-            if entry != tail && node_op[entry] >= required_total {
-                // Only returns at +infinity remain, so every completed op is linearized (and
-                // the success check above has already fired); kept as a safe fallback.
-                return Outcome::Linearizable;
-            }
-            // The return of an operation not yet linearized: undo the last choice.
-            let Some((call, previous_state, block_before)) = stack.pop() else {
-                return Outcome::NotLinearizable;
-            };
-            let i = node_op[call];
-            let (required, bit) = op_bit(i, required_total);
-            if required {
-                set_bit(&mut required_bits, bit, false);
-                required_done -= 1;
-            } else {
-                set_bit(&mut optional_part.linearized, bit, false);
-            }
-            optional_part.block_start = block_before;
-            state = previous_state;
-            relink(&mut next, &mut prev, return_node[i]);
-            relink(&mut next, &mut prev, call);
-            entry = next[call];
         }
     }
 }
@@ -847,10 +1006,7 @@ mod tests {
         ];
         assert_eq!(check_kv_history(&ok), Ok(()));
 
-        let wrong_expected = vec![
-            put(1, 0, 1, 1, 1),
-            cas(1, (2, 3), 1, Some(5), 2, true),
-        ];
+        let wrong_expected = vec![put(1, 0, 1, 1, 1), cas(1, (2, 3), 1, Some(5), 2, true)];
         assert_not_linearizable(&wrong_expected, 1);
     }
 
@@ -884,10 +1040,7 @@ mod tests {
 
     #[test]
     fn cas_failure_when_expected_value_matches_is_not_linearizable() {
-        let h = vec![
-            put(1, 0, 1, 1, 1),
-            cas(1, (2, 3), 1, Some(1), 2, false),
-        ];
+        let h = vec![put(1, 0, 1, 1, 1), cas(1, (2, 3), 1, Some(1), 2, false)];
         assert_not_linearizable(&h, 1);
     }
 
@@ -932,6 +1085,52 @@ mod tests {
             get(1, 5, 6, 1, Some(2)),
         ];
         assert_not_linearizable(&impossible, 1);
+    }
+
+    #[test]
+    fn timed_out_cas_chain_is_linearizable() {
+        // The unknown put of 3 and the unknown cas 3 -> 4 both took effect.
+        let h = vec![
+            put(1, 0, 1, 1, 1),
+            put_unknown(2, 2, 1, 3),
+            cas_unknown(3, 3, 1, Some(3), 4),
+            get(1, 10, 11, 1, Some(4)),
+        ];
+        assert_eq!(check_kv_history(&h), Ok(()));
+    }
+
+    #[test]
+    fn timed_out_put_can_explain_failed_cas() {
+        let ok = vec![
+            put(1, 0, 1, 1, 1),
+            put_unknown(2, 2, 1, 2),
+            cas(1, (5, 6), 1, Some(1), 5, false),
+            get(1, 7, 8, 1, Some(2)),
+        ];
+        assert_eq!(check_kv_history(&ok), Ok(()));
+        // The failed cas needs the unknown put before it, so the old value is gone for good.
+        let stale = vec![
+            put(1, 0, 1, 1, 1),
+            put_unknown(2, 2, 1, 2),
+            cas(1, (5, 6), 1, Some(1), 5, false),
+            get(1, 7, 8, 1, Some(1)),
+        ];
+        assert_not_linearizable(&stale, 1);
+    }
+
+    #[test]
+    fn identical_timed_out_puts_each_take_effect_at_most_once() {
+        let two = vec![
+            put_unknown(1, 0, 1, 5),
+            put_unknown(2, 1, 1, 5),
+            put(3, 2, 3, 1, 6),
+            get(3, 4, 5, 1, Some(5)),
+            put(3, 6, 7, 1, 7),
+            get(3, 8, 9, 1, Some(5)),
+        ];
+        assert_eq!(check_kv_history(&two), Ok(()));
+        let one: Vec<HistoryOp> = two[1..].to_vec();
+        assert_not_linearizable(&one, 1);
     }
 
     #[test]
@@ -1237,6 +1436,142 @@ mod tests {
             mutated += 1;
         }
         assert!(mutated > 250, "only {mutated} histories were mutated");
+    }
+
+    /// Whether `history` is linearizable, by trying every order of every subset of its
+    /// operations with unknown outcome together with all completed ones (tiny histories only).
+    fn brute_force_linearizable(history: &[HistoryOp]) -> bool {
+        fn extend(
+            history: &[HistoryOp],
+            used: &mut Vec<bool>,
+            model: &mut BTreeMap<Key, Value>,
+        ) -> bool {
+            let all_completed_used = history
+                .iter()
+                .zip(used.iter())
+                .all(|(h, &u)| u || h.complete.is_none());
+            if all_completed_used {
+                return true;
+            }
+            for (i, h) in history.iter().enumerate() {
+                if used[i] {
+                    continue;
+                }
+                // Every unused completed op that returned before this one was invoked must
+                // come first.
+                let blocked = history
+                    .iter()
+                    .zip(used.iter())
+                    .any(|(other, &u)| !u && other.complete.is_some_and(|c| c < h.invoke));
+                if blocked {
+                    continue;
+                }
+                let key = op_key(&h.op);
+                let current = model.get(&key).copied();
+                let (accepted, next) = match (&h.op, h.complete.map(|_| h.ret.clone())) {
+                    (KvOp::Put { value, .. }, _) => (true, Some(*value)),
+                    (KvOp::Get { .. }, None) => (true, current),
+                    (KvOp::Get { .. }, Some(ret)) => (ret == Some(KvRet::Value(current)), current),
+                    (KvOp::Cas { expected, new, .. }, ret) => {
+                        let swaps = current == *expected;
+                        let next = if swaps { Some(*new) } else { current };
+                        match ret {
+                            None => (true, next),
+                            Some(ret) => (ret == Some(KvRet::Swapped(swaps)), next),
+                        }
+                    }
+                };
+                if !accepted {
+                    continue;
+                }
+                used[i] = true;
+                match next {
+                    Some(v) => model.insert(key, v),
+                    None => model.remove(&key),
+                };
+                let found = extend(history, used, model);
+                match current {
+                    Some(v) => model.insert(key, v),
+                    None => model.remove(&key),
+                };
+                used[i] = false;
+                if found {
+                    return true;
+                }
+            }
+            false
+        }
+        extend(
+            history,
+            &mut vec![false; history.len()],
+            &mut BTreeMap::new(),
+        )
+    }
+
+    /// A random tiny history with arbitrary answers (mostly not linearizable).
+    fn random_tiny_history(rng: &mut XorShift) -> Vec<HistoryOp> {
+        let n = 2 + rng.below(6) as usize;
+        let keys = 1 + rng.below(2);
+        let value = |rng: &mut XorShift| rng.below(3) + 1;
+        (0..n)
+            .map(|i| {
+                let key = rng.below(keys);
+                let invoke = rng.below(20);
+                let complete = (!rng.percent(30)).then(|| invoke + rng.below(10));
+                let (op, ret) = match rng.below(3) {
+                    0 => (
+                        KvOp::Put {
+                            key,
+                            value: value(rng),
+                        },
+                        KvRet::Ok,
+                    ),
+                    1 => {
+                        let seen = (!rng.percent(25)).then(|| value(rng));
+                        (KvOp::Get { key }, KvRet::Value(seen))
+                    }
+                    _ => {
+                        let expected = (!rng.percent(25)).then(|| value(rng));
+                        let op = KvOp::Cas {
+                            key,
+                            expected,
+                            new: value(rng),
+                        };
+                        (op, KvRet::Swapped(rng.percent(50)))
+                    }
+                };
+                HistoryOp {
+                    client: i as u64,
+                    invoke,
+                    complete,
+                    op,
+                    ret: complete.map(|_| ret),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn agrees_with_brute_force_on_tiny_random_histories() {
+        let (mut linearizable, mut not) = (0, 0);
+        for seed in 0..4_000 {
+            let mut rng = XorShift::new(seed + 20_000);
+            let history = random_tiny_history(&mut rng);
+            let expected = brute_force_linearizable(&history);
+            let got = check_kv_history(&history);
+            match (&got, expected) {
+                (Ok(()), true) => linearizable += 1,
+                (Err(LinearizabilityError::NotLinearizable { .. }), false) => not += 1,
+                _ => panic!(
+                    "seed {seed}: checker says {got:?}, brute force says {expected}\n{history:#?}"
+                ),
+            }
+        }
+        assert!(
+            linearizable > 400,
+            "only {linearizable} linearizable histories"
+        );
+        assert!(not > 400, "only {not} non-linearizable histories");
     }
 
     #[test]

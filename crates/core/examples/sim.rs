@@ -1,0 +1,84 @@
+//! Runs the deterministic simulator over many seeds: `cargo xtask sim --seeds 500`.
+//!
+//! Options: `--seeds N` (default 100), `--first S` (default 0), `--seed S` (one seed, verbose),
+//! `--ops N` (client operations per seed, default 1000), `--threads N` (default: all cores).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use lockstep_core::sim::{self, SimConfig};
+
+fn arg(args: &[String], name: &str) -> Option<u64> {
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1).and_then(|v| v.parse().ok())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mut cfg = SimConfig::default();
+    if let Some(ops) = arg(&args, "--ops") {
+        cfg.ops = ops as usize;
+    }
+    if let Some(seed) = arg(&args, "--seed") {
+        let start = Instant::now();
+        match sim::run(seed, &cfg) {
+            Ok(r) => {
+                println!("seed {seed} passed in {:.2?}: {r:?}", start.elapsed());
+                return;
+            }
+            Err(f) => {
+                eprintln!("{f}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let seeds = arg(&args, "--seeds").unwrap_or(100);
+    let first = arg(&args, "--first").unwrap_or(0);
+    let threads = arg(&args, "--threads")
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u64))
+        .max(1);
+    let next = Arc::new(AtomicU64::new(first));
+    let steps = Arc::new(AtomicU64::new(0));
+    let ops = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let (next, steps, ops, failures, cfg) = (next.clone(), steps.clone(), ops.clone(), failures.clone(), cfg.clone());
+            std::thread::spawn(move || loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= first + seeds {
+                    break;
+                }
+                match sim::run(seed, &cfg) {
+                    Ok(r) => {
+                        steps.fetch_add(r.steps, Ordering::Relaxed);
+                        ops.fetch_add(r.ops_ok + r.ops_unknown + r.ops_failed, Ordering::Relaxed);
+                    }
+                    Err(f) => {
+                        eprintln!("{f}\n");
+                        failures.lock().map(|mut v| v.push(seed)).ok();
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let failed = failures.lock().map(|v| v.clone()).unwrap_or_default();
+    let steps = steps.load(Ordering::Relaxed);
+    println!(
+        "simulated {seeds} seeds ({} client operations, {steps} steps) in {secs:.1} s: {:.0} steps/s, {:.0} seeds/min",
+        ops.load(Ordering::Relaxed),
+        steps as f64 / secs,
+        seeds as f64 * 60.0 / secs
+    );
+    println!("{} passed, {} failed", seeds - failed.len() as u64, failed.len());
+    if !failed.is_empty() {
+        eprintln!("failing seeds: {failed:?}");
+        std::process::exit(1);
+    }
+}
