@@ -1,7 +1,10 @@
 //! Runs the deterministic simulator over many seeds: `cargo xtask sim --seeds 500`.
 //!
 //! Options: `--seeds N` (default 100), `--first S` (default 0), `--seed S` (one seed, verbose),
-//! `--ops N` (client operations per seed, default 1000), `--threads N` (default: all cores).
+//! `--ops N` (client operations per seed, default 1000), `--threads N` (default: all cores),
+//! `--nemesis-ms N`, `--max-entries N`, `--clients N`, `--nodes N` (fault rate and shape),
+//! `--bug NAME` (run a deliberately broken protocol; alone, it reports the first seed that
+//! catches the bug).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +22,37 @@ fn main() {
     let mut cfg = SimConfig::default();
     if let Some(ops) = arg(&args, "--ops") {
         cfg.ops = ops as usize;
+    }
+    if let Some(ms) = arg(&args, "--nemesis-ms") {
+        cfg.nemesis_interval_ms = ms;
+    }
+    if let Some(n) = arg(&args, "--max-entries") {
+        cfg.raft.max_entries_per_msg = n as usize;
+    }
+    if let Some(n) = arg(&args, "--clients") {
+        cfg.clients = n as usize;
+    }
+    if let Some(n) = arg(&args, "--nodes") {
+        cfg.max_nodes = n as usize;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--bug") {
+        let name = args.get(i + 1).map(String::as_str).unwrap_or("");
+        let Some(bugs) = sim::bug_by_name(name) else {
+            eprintln!("unknown bug {name:?}; known: {:?}", sim::BUG_NAMES);
+            std::process::exit(2);
+        };
+        cfg = cfg.with_bugs(bugs);
+        if !args.iter().any(|a| a == "--seed" || a == "--seeds") {
+            // Hunt: report the first seed that catches the bug.
+            for seed in 0..10_000 {
+                if let Err(f) = sim::run(seed, &cfg) {
+                    println!("bug {name} caught at seed {seed} ({} seeds run): {}", seed + 1, f.check);
+                    return;
+                }
+            }
+            println!("bug {name} not caught in 10000 seeds");
+            std::process::exit(1);
+        }
     }
     if let Some(seed) = arg(&args, "--seed") {
         let start = Instant::now();

@@ -22,13 +22,13 @@ impl Raft {
         }
     }
 
-    /// Voters campaign; learners never do (thesis §4.2.1). A node removed by a configuration
-    /// that is not yet committed may still campaign: votes are counted in the configuration
-    /// in force, which it need not belong to (thesis §4.2.2), and without this a removed node
-    /// holding the longest log could block every election.
+    /// Voters campaign; learners never do (thesis §4.2.1). A node that is a voter in the
+    /// committed configuration or in any later, uncommitted one may campaign even if the
+    /// newest configuration removes it: votes are counted in the configuration in force,
+    /// which a leader need not belong to (thesis §4.2.2). Without this, a removed node holding
+    /// the longest log could block every election.
     pub(crate) fn is_promotable(&self) -> bool {
-        let me = self.id;
-        (self.membership.effective().is_voter(me) || self.membership.at(self.commit).is_voter(me)) && self.installing.is_none()
+        self.membership.may_vote(self.commit, self.id) && self.installing.is_none()
     }
 
     pub(crate) fn start_election(&mut self, transfer: bool) {

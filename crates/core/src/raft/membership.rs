@@ -45,6 +45,20 @@ impl MembershipLog {
         self.entries.iter().rev().find(|(i, _)| *i <= index).map_or(&self.base.1, |(_, c)| c)
     }
 
+    /// True if `id` votes in the configuration committed at `commit` or in any later one.
+    pub(crate) fn may_vote(&self, commit: Index, id: crate::types::NodeId) -> bool {
+        self.at(commit).is_voter(id) || self.entries.iter().any(|(i, c)| *i > commit && c.is_voter(id))
+    }
+
+    /// One line listing every known configuration with its index, for diagnostics.
+    pub(crate) fn describe(&self) -> String {
+        let mut out = format!("@{}: {}", self.base.0, self.base.1);
+        for (i, c) in &self.entries {
+            out.push_str(&format!("; @{i}: {c}"));
+        }
+        out
+    }
+
     pub(crate) fn push(&mut self, index: Index, config: MembershipConfig) {
         self.entries.push((index, config));
     }

@@ -36,8 +36,9 @@ struct NodeTrack {
 /// Cluster-wide memory of what has been observed.
 #[derive(Debug, Default)]
 pub struct Checker {
-    /// The committed log as first observed: index `i` at position `i - 1`.
-    committed: Vec<Option<Entry>>,
+    /// The committed log as first observed, with the term of the node that first saw it
+    /// committed (the committing leader's term): index `i` at position `i - 1`.
+    committed: Vec<Option<(Entry, Term)>>,
     /// Leader of each term.
     leaders: BTreeMap<Term, NodeId>,
     nodes: BTreeMap<NodeId, NodeTrack>,
@@ -51,19 +52,19 @@ impl Checker {
         self.committed.len() as Index
     }
 
-    fn record_committed(&mut self, e: &Entry, who: NodeId, what: &'static str) -> Result<(), Violation> {
+    fn record_committed(&mut self, e: &Entry, who: NodeId, term: Term, what: &'static str) -> Result<(), Violation> {
         let i = e.log_id.index as usize;
         if self.committed.len() < i {
             self.committed.resize(i, None);
         }
         match &self.committed[i - 1] {
-            Some(prev) if prev != e => violation(
+            Some((prev, _)) if prev != e => violation(
                 what,
                 format!("node {who} has {:?} at committed index {i}, but {:?} was committed there before", e, prev),
             ),
             Some(_) => Ok(()),
             None => {
-                self.committed[i - 1] = Some(e.clone());
+                self.committed[i - 1] = Some((e.clone(), term));
                 Ok(())
             }
         }
@@ -77,11 +78,11 @@ impl Checker {
     }
 
     /// State machine safety: an applied entry is the committed entry at its index, applied in order.
-    pub fn on_apply(&mut self, id: NodeId, prev_applied: Index, e: &Entry) -> Result<(), Violation> {
+    pub fn on_apply(&mut self, id: NodeId, term: Term, prev_applied: Index, e: &Entry) -> Result<(), Violation> {
         if e.log_id.index != prev_applied + 1 {
             return violation("apply order", format!("node {id} applied {} right after index {prev_applied}", e.log_id));
         }
-        self.record_committed(e, id, "state machine safety")
+        self.record_committed(e, id, term, "state machine safety")
     }
 
     /// Checks one node after it processed an event.
@@ -129,7 +130,7 @@ impl Checker {
         for i in (t.recorded_commit + 1).max(purged + 1)..=commit {
             if let Some(e) = raft.entry(i) {
                 let e = e.clone();
-                self.record_committed(&e, id, "committed entries never change")?;
+                self.record_committed(&e, id, term, "committed entries never change")?;
             }
         }
         let track = self.nodes.entry(id).or_default();
@@ -171,22 +172,25 @@ impl Checker {
         Ok(())
     }
 
-    /// Leader completeness (§5.4): a new leader holds every committed entry.
+    /// Leader completeness (§5.4): the leader of term T holds every entry committed in a
+    /// term below T. (A leader of an older term may still be elected late, e.g. after a
+    /// pause; it cannot commit anything a newer quorum has moved past.)
     fn check_leader_completeness(&self, raft: &Raft) -> Result<(), Violation> {
         let id = raft.id();
         let offset = raft.log_offset().index;
-        if raft.last_log_id().index < self.committed_len() {
-            return violation(
-                "leader completeness",
-                format!("leader {id} of term {} has last entry {} but index {} is committed", raft.term(), raft.last_log_id(), self.committed_len()),
-            );
-        }
         for (i, c) in self.committed.iter().enumerate() {
             let index = i as Index + 1;
-            if index <= offset {
+            let Some((c, committed_in)) = c else { continue };
+            if index <= offset || *committed_in >= raft.term() {
                 continue;
             }
-            if let (Some(c), Some(e)) = (c, raft.entry(index)) {
+            let Some(e) = raft.entry(index) else {
+                return violation(
+                    "leader completeness",
+                    format!("leader {id} of term {} lacks index {index}, committed in term {committed_in}", raft.term()),
+                );
+            };
+            {
                 if c != e {
                     return violation(
                         "leader completeness",

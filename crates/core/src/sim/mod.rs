@@ -135,6 +135,29 @@ impl SimConfig {
     }
 }
 
+/// The deliberately broken protocol variants, by name, for `cargo xtask sim --bug NAME`.
+pub fn bug_by_name(name: &str) -> Option<Bugs> {
+    let mut b = Bugs::default();
+    match name {
+        "commit-old-term-by-count" => b.commit_old_term_by_count = true,
+        "vote-before-durable" => b.vote_before_durable = true,
+        "read-index-without-heartbeat" => b.read_index_without_heartbeat = true,
+        "ack-before-durable" => b.ack_before_durable = true,
+        "unsafe-membership-changes" => b.unsafe_membership_changes = true,
+        _ => return None,
+    }
+    Some(b)
+}
+
+/// Names accepted by [`bug_by_name`].
+pub const BUG_NAMES: [&str; 5] = [
+    "commit-old-term-by-count",
+    "vote-before-durable",
+    "read-index-without-heartbeat",
+    "ack-before-durable",
+    "unsafe-membership-changes",
+];
+
 /// What a successful run did.
 #[derive(Clone, Debug, Default)]
 pub struct SimReport {

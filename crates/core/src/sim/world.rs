@@ -394,7 +394,8 @@ impl World {
                 let mut last = 0;
                 for e in &entries {
                     let node = &mut self.nodes[i];
-                    self.checker.on_apply(node.id, node.kv.applied.index, e)?;
+                    let term = node.raft.as_ref().map_or(0, |r| r.term());
+                    self.checker.on_apply(node.id, term, node.kv.applied.index, e)?;
                     let ret = node.kv.apply(e);
                     last = e.log_id.index;
                     while let Some((idx, rid)) = waiters.next_if(|(idx, _)| *idx <= e.log_id.index) {
@@ -842,6 +843,7 @@ impl World {
                         "  node {}: {:?} term {} leader {:?} last {} commit {} applied {} snapshot {} purged {} config {}\n",
                         s.id, s.role, s.term, s.leader, s.last_log_id, s.commit, s.applied, s.snapshot, s.purged, s.membership
                     ));
+                    out.push_str(&format!("          configs: {}\n", r.membership.describe()));
                 }
                 None => out.push_str(&format!("  node {}: down\n", n.id)),
             }
