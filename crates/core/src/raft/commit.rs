@@ -83,9 +83,9 @@ impl Raft {
         if self.role != Role::Leader {
             return;
         }
-        // Followers learn the new commit index from the next append or heartbeat; send now
-        // to those with nothing else in flight so they apply sooner.
-        self.broadcast_append();
+        // Followers with appends in flight learn the new commit index from the next one; tell
+        // the idle ones now so they apply without waiting for a heartbeat.
+        self.broadcast_commit();
     }
 
     /// Leader timers: heartbeats (which are also read rounds), check-quorum (thesis §6.2),

@@ -36,6 +36,8 @@ pub struct Progress {
     /// Ticks spent in the snapshot state.
     pub(crate) snapshot_ticks: u32,
     pub(crate) last_matched_seen: Index,
+    /// Highest commit index sent in an AppendEntries.
+    pub(crate) commit_sent: Index,
 }
 
 impl Progress {
@@ -52,6 +54,7 @@ impl Progress {
             stalled: 0,
             snapshot_ticks: 0,
             last_matched_seen: 0,
+            commit_sent: 0,
         }
     }
 

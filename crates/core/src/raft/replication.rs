@@ -75,12 +75,38 @@ impl Raft {
                     leader_commit: self.commit,
                 },
             );
+            let commit = self.commit;
             if let Some(pr) = self.progress_mut(to) {
                 pr.sent(last_sent, bytes);
+                pr.commit_sent = pr.commit_sent.max(commit);
             }
             if probe || empty {
                 return;
             }
+        }
+    }
+
+    /// Tells every caught-up, idle follower the new commit index (followers with appends
+    /// in flight get it with the next one), then sends whatever else is due.
+    pub(crate) fn broadcast_commit(&mut self) {
+        let peers: Vec<NodeId> = match &self.leader_state {
+            Some(ls) => ls.progress.keys().copied().collect(),
+            None => return,
+        };
+        for to in peers {
+            self.maybe_send_commit(to);
+        }
+        self.broadcast_append();
+    }
+
+    /// An empty AppendEntries with the commit index, if `to` is idle and behind on it.
+    fn maybe_send_commit(&mut self, to: NodeId) {
+        let (last, commit) = (self.log.last_log_id(), self.commit);
+        let Some(pr) = self.progress_mut(to) else { return };
+        let idle = pr.state == ReplicationState::Replicate && pr.inflight.is_empty() && pr.next == last.index + 1;
+        if idle && pr.commit_sent < commit {
+            pr.commit_sent = commit;
+            self.send(to, MessageBody::AppendEntries { prev_log_id: last, entries: Vec::new(), leader_commit: commit });
         }
     }
 
@@ -220,6 +246,9 @@ impl Raft {
                     self.maybe_commit();
                     self.maybe_send_timeout_now();
                 }
+                self.send_append(from);
+                self.maybe_send_commit(from);
+                return;
             }
             AppendResult::Conflict { rejected, hint } => {
                 let leader_conflict = if hint.term > 0 {

@@ -658,7 +658,12 @@ impl World {
             .collect();
         let Some(&kind) = self.rng.pick(&kinds) else { return Ok(()) };
         let up = self.up_nodes();
-        let Some(&victim) = self.rng.pick(&up) else { return Ok(()) };
+        let Some(&random) = self.rng.pick(&up) else { return Ok(()) };
+        // Half of the faults target the leader: leader changes are where Raft is subtle.
+        let victim = match self.leader() {
+            Some(l) if self.rng.chance(0.5) => l,
+            _ => random,
+        };
         match kind {
             0 => {
                 if self.nodes.len() - up.len() < self.nodes.len() / 2 {
@@ -674,7 +679,8 @@ impl World {
             3 => {
                 let all: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
                 if self.rng.chance(0.5) {
-                    let side: BTreeSet<NodeId> = all.iter().copied().filter(|_| self.rng.chance(0.5)).collect();
+                    let leader_id = self.nodes[victim].id;
+                    let side: BTreeSet<NodeId> = all.iter().copied().filter(|id| *id == leader_id || self.rng.chance(0.3)).collect();
                     self.net.split(&side, &all);
                 } else {
                     for _ in 0..self.rng.range(1, 4) {
