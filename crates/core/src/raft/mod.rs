@@ -52,9 +52,10 @@ pub enum Role {
 pub struct InitialState {
     /// Durable term, vote and (optionally) commit index.
     pub hard_state: HardState,
-    /// The latest durable snapshot; for a brand-new cluster member this is the bootstrap
-    /// configuration at log id (0, 0). A node joining an existing cluster starts with an
-    /// empty configuration and learns it from the leader.
+    /// The latest durable snapshot (the default, at log id (0, 0) with an empty
+    /// configuration, if there is none). A node joining an existing cluster starts with an
+    /// empty configuration and learns it from the leader; see [`InitialState::bootstrap`]
+    /// for the founding members.
     pub snapshot: SnapshotMeta,
     /// The entry just before `entries` (the purge point, at most the snapshot's last id).
     pub log_offset: LogId,
@@ -62,6 +63,21 @@ pub struct InitialState {
     pub entries: Vec<Entry>,
     /// Last index the state machine already holds (for state machines that persist themselves).
     pub applied: Index,
+}
+
+impl InitialState {
+    /// The state of a founding member of a new cluster: the initial configuration is the
+    /// first log entry (index 1, term 0), identical on every founding member, so nodes that
+    /// join later receive it like any other configuration entry. Persist it (as a durable
+    /// log entry) before starting the node, and bootstrap a cluster exactly once.
+    pub fn bootstrap(membership: MembershipConfig) -> Self {
+        Self { entries: vec![Self::bootstrap_entry(membership)], ..Self::default() }
+    }
+
+    /// The first log entry of a new cluster.
+    pub fn bootstrap_entry(membership: MembershipConfig) -> Entry {
+        Entry { log_id: LogId::new(0, 1), payload: EntryPayload::Membership(membership) }
+    }
 }
 
 /// The recovered state does not fit together.

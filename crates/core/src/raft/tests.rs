@@ -16,8 +16,8 @@ fn cfg(id: NodeId) -> RaftConfig {
 }
 
 fn bootstrap(id: NodeId, voters: &[NodeId]) -> Raft {
-    let snapshot = SnapshotMeta { last_log_id: LogId::default(), membership: MembershipConfig::new_voters(voters.iter().copied()) };
-    let mut r = Raft::new(cfg(id), InitialState { snapshot, ..InitialState::default() }, 7).unwrap();
+    let init = InitialState::bootstrap(MembershipConfig::new_voters(voters.iter().copied()));
+    let mut r = Raft::new(cfg(id), init, 7).unwrap();
     r.sticky_after_start = false;
     r
 }
@@ -202,7 +202,7 @@ fn follower_campaigns_after_randomized_election_timeout_section_5_2() {
 #[test]
 fn at_most_one_vote_per_term_section_5_2() {
     let mut r = bootstrap(1, &[1, 2, 3]);
-    let req = |from| Event::Message(Message { from, to: 1, term: 5, body: MessageBody::VoteRequest { pre_vote: false, last_log_id: LogId::default(), transfer: false } });
+    let req = |from| Event::Message(Message { from, to: 1, term: 5, body: MessageBody::VoteRequest { pre_vote: false, last_log_id: LogId::new(0, 1), transfer: false } });
     r.step(req(2));
     r.step(Event::HardStateSaved(HardState { term: 5, vote: Some(2), commit: 0 }));
     r.step(req(3));
@@ -233,7 +233,7 @@ fn vote_refused_to_candidate_with_less_up_to_date_log_section_5_4_1() {
 #[test]
 fn vote_reply_waits_until_the_vote_is_durable_figure_2() {
     let mut r = bootstrap(1, &[1, 2, 3]);
-    r.step(Event::Message(Message { from: 2, to: 1, term: 1, body: MessageBody::VoteRequest { pre_vote: false, last_log_id: LogId::default(), transfer: false } }));
+    r.step(Event::Message(Message { from: 2, to: 1, term: 1, body: MessageBody::VoteRequest { pre_vote: false, last_log_id: LogId::new(0, 1), transfer: false } }));
     let acts = r.take_actions();
     assert!(acts.iter().any(|a| matches!(a, Action::SaveHardState(HardState { term: 1, vote: Some(2), .. }))));
     assert!(sends(&acts).is_empty(), "no reply before the vote is durable");
@@ -315,7 +315,7 @@ fn entries_replicate_and_commit_on_a_majority_section_5_3() {
     net.deliver();
     assert!(net.applied_with_waiter(rid));
     for id in [1, 2, 3] {
-        assert_eq!(net.node(id).commit_index(), 2, "blank + command committed on node {id}");
+        assert_eq!(net.node(id).commit_index(), 3, "bootstrap entry, blank and command committed on node {id}");
     }
 }
 
@@ -326,10 +326,10 @@ fn follower_acknowledges_only_durable_entries_persistence_ordering() {
     net.hold_sync.extend([2, 3]);
     net.propose(1, b"a");
     net.deliver();
-    assert_eq!(net.node(1).commit_index(), 1, "followers accepted index 2 but it is not durable");
+    assert_eq!(net.node(1).commit_index(), 2, "followers accepted index 3 but it is not durable");
     net.sync(2);
     net.deliver();
-    assert_eq!(net.node(1).commit_index(), 2);
+    assert_eq!(net.node(1).commit_index(), 3);
 }
 
 #[test]
@@ -339,9 +339,9 @@ fn leader_counts_itself_only_after_its_own_fsync_persistence_ordering() {
     net.hold_sync.extend([1, 3]);
     net.propose(1, b"a");
     net.deliver();
-    assert_eq!(net.node(1).commit_index(), 1, "one durable follower is not a majority without the leader's own fsync");
+    assert_eq!(net.node(1).commit_index(), 2, "one durable follower is not a majority without the leader's own fsync");
     net.sync(1);
-    assert_eq!(net.node(1).commit_index(), 2);
+    assert_eq!(net.node(1).commit_index(), 3);
 }
 
 #[test]
@@ -467,10 +467,10 @@ fn entries_are_applied_only_when_committed_and_durable_locally() {
     net.hold_sync.insert(3);
     net.propose(1, b"a");
     net.deliver();
-    assert_eq!(net.node(3).commit_index(), 2);
-    assert!(net.node(3).applied_index() < 2, "node 3 knows index 2 is committed but has not synced it");
+    assert_eq!(net.node(3).commit_index(), 3);
+    assert!(net.node(3).applied_index() < 3, "node 3 knows index 3 is committed but has not synced it");
     net.sync(3);
-    assert_eq!(net.node(3).applied_index(), 2);
+    assert_eq!(net.node(3).applied_index(), 3);
 }
 
 // ---- reads (thesis §6.4, §6.4.1) ---------------------------------------------------------
@@ -602,7 +602,7 @@ fn joint_consensus_enters_and_leaves_automatically_thesis_4_3() {
     assert_eq!(final_config.voters, target);
     assert!(matches!(&net.responses(rid)[..], [Ok(Reply::MembershipChanged(c))] if c.voters == target));
     let seen: Vec<bool> = net.node(5).log.iter().filter_map(|e| match &e.payload { EntryPayload::Membership(c) => Some(c.is_joint()), _ => None }).collect();
-    assert_eq!(seen, vec![true, false], "the log holds C_old,new then C_new");
+    assert_eq!(seen, vec![false, true, false], "the log holds the bootstrap config, C_old,new, then C_new");
 }
 
 #[test]
@@ -676,9 +676,8 @@ fn snapshot_purges_the_log_but_keeps_a_tail_section_7() {
     }
     snapshot_now(&mut net, 1);
     let r = net.node(1);
-    assert_eq!(r.snapshot_meta().last_log_id.index, 11);
-    assert_eq!(r.log_offset().index, 8);
-    assert!(net.out.is_empty() || true);
+    assert_eq!(r.snapshot_meta().last_log_id.index, 12);
+    assert_eq!(r.log_offset().index, 9, "three entries kept behind the snapshot");
 }
 
 #[test]
@@ -743,10 +742,10 @@ fn malformed_messages_are_dropped_without_panicking() {
         r.step(Event::Message(m));
     }
     assert!(r.take_actions().is_empty());
-    assert_eq!(r.last_log_id(), LogId::default());
+    assert_eq!(r.last_log_id(), LogId::new(0, 1), "only the bootstrap entry");
     // Absurd but well-formed values are clamped, not trusted.
     r.step(Event::Message(Message { from: 2, to: 1, term: 1, body: MessageBody::Heartbeat { leader_commit: u64::MAX, read_seq: 1 } }));
-    assert_eq!(r.commit_index(), 0);
+    assert_eq!(r.commit_index(), r.last_log_id().index, "clamped to the local log");
 }
 
 #[test]

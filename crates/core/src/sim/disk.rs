@@ -70,9 +70,9 @@ pub struct SimDisk {
 }
 
 impl SimDisk {
-    /// A disk holding a bootstrap configuration as its snapshot.
-    pub fn with_snapshot(meta: SnapshotMeta, state: KvState) -> Self {
-        Self { snapshot: Some((meta, state)), ..Self::default() }
+    /// A founding member's disk: the bootstrap entry is durable.
+    pub fn bootstrapped(first: Entry) -> Self {
+        Self { log: DurableLog { offset: LogId::default(), entries: vec![first] }, ..Self::default() }
     }
 
     /// Queues a hard-state write.

@@ -14,7 +14,7 @@ use super::{SimConfig, SimFailure, SimReport};
 use crate::event::{Action, ClientError, Event, Proposal, ReadConsistency};
 use crate::membership::{MembershipChange, MembershipConfig};
 use crate::message::{Message, MessageBody};
-use crate::raft::Role;
+use crate::raft::{InitialState, Role};
 use crate::rng::Rng;
 use crate::types::{ClientSession, LogId, NodeId, SnapshotMeta};
 
@@ -131,9 +131,7 @@ impl World {
         let nodes = (1..=cfg.max_nodes as NodeId)
             .map(|id| {
                 let disk = if initial.contains(id) {
-                    let meta = SnapshotMeta { last_log_id: LogId::default(), membership: initial.clone() };
-                    let state = KvState { membership: initial.clone(), ..KvState::default() };
-                    SimDisk::with_snapshot(meta, state)
+                    SimDisk::bootstrapped(InitialState::bootstrap_entry(initial.clone()))
                 } else {
                     SimDisk::default()
                 };
