@@ -100,8 +100,8 @@ pub struct HardState {
     pub term: Term,
     /// Candidate this node voted for in `term`, if any.
     pub vote: Option<NodeId>,
-    /// A commit index known when this state was saved. Saving it is optional and lazy; it
-    /// only lets a restarted node apply sooner.
+    /// A commit index known when this state was saved, never above the locally durable log.
+    /// Saving it is optional and lazy; it only lets a restarted node apply sooner.
     pub commit: Index,
 }
 

@@ -349,8 +349,11 @@ impl Raft {
         self.membership.at(index).clone()
     }
 
+    /// The hard state to persist. Its commit index never exceeds the locally durable log:
+    /// the hard state and the log are synced separately, and a crash that kept the hard state
+    /// but lost log writes must not make stale entries look committed after restart.
     fn hard_state(&self) -> HardState {
-        HardState { term: self.term, vote: self.vote, commit: self.commit }
+        HardState { term: self.term, vote: self.vote, commit: self.commit.min(self.durable) }
     }
 
     /// Persists term and vote; replies wait until they are durable.
