@@ -2,7 +2,9 @@
 //!
 //! Options: `--seeds N` (default 100), `--first S` (default 0), `--seed S` (one seed, verbose),
 //! `--ops N` (client operations per seed, default 1000), `--threads N` (default: all cores),
-//! `--nemesis-ms N`, `--max-entries N`, `--clients N`, `--nodes N` (fault rate and shape),
+//! `--nemesis-ms N`, `--max-entries N`, `--clients N`, `--nodes N`, `--voters N`,
+//! `--new-leader-crash-pct P`, `--no-membership`, `--scenario figure8` (fault rate, shape,
+//! or a scripted schedule),
 //! `--bug NAME` (run a deliberately broken protocol; alone, it reports the first seed that
 //! catches the bug).
 
@@ -20,6 +22,15 @@ fn arg(args: &[String], name: &str) -> Option<u64> {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mut cfg = SimConfig::default();
+    if let Some(i) = args.iter().position(|a| a == "--scenario") {
+        match args.get(i + 1).map(String::as_str) {
+            Some("figure8") => cfg = SimConfig::figure8(),
+            other => {
+                eprintln!("unknown scenario {other:?}; known: figure8");
+                std::process::exit(2);
+            }
+        }
+    }
     if let Some(ops) = arg(&args, "--ops") {
         cfg.ops = ops as usize;
     }
@@ -35,6 +46,15 @@ fn main() {
     if let Some(n) = arg(&args, "--nodes") {
         cfg.max_nodes = n as usize;
     }
+    if let Some(n) = arg(&args, "--voters") {
+        cfg.initial_voters = n as usize;
+    }
+    if let Some(p) = arg(&args, "--new-leader-crash-pct") {
+        cfg.faults.new_leader_crash = p as f64 / 100.0;
+    }
+    if args.iter().any(|a| a == "--no-membership") {
+        cfg.faults.membership = false;
+    }
     if let Some(i) = args.iter().position(|a| a == "--bug") {
         let name = args.get(i + 1).map(String::as_str).unwrap_or("");
         let Some(bugs) = sim::bug_by_name(name) else {
@@ -46,7 +66,11 @@ fn main() {
             // Hunt: report the first seed that catches the bug.
             for seed in 0..10_000 {
                 if let Err(f) = sim::run(seed, &cfg) {
-                    println!("bug {name} caught at seed {seed} ({} seeds run): {}", seed + 1, f.check);
+                    println!(
+                        "bug {name} caught at seed {seed} ({} seeds run): {}",
+                        seed + 1,
+                        f.check
+                    );
                     return;
                 }
             }
@@ -79,7 +103,13 @@ fn main() {
     let start = Instant::now();
     let workers: Vec<_> = (0..threads)
         .map(|_| {
-            let (next, steps, ops, failures, cfg) = (next.clone(), steps.clone(), ops.clone(), failures.clone(), cfg.clone());
+            let (next, steps, ops, failures, cfg) = (
+                next.clone(),
+                steps.clone(),
+                ops.clone(),
+                failures.clone(),
+                cfg.clone(),
+            );
             std::thread::spawn(move || loop {
                 let seed = next.fetch_add(1, Ordering::Relaxed);
                 if seed >= first + seeds {
@@ -110,7 +140,11 @@ fn main() {
         steps as f64 / secs,
         seeds as f64 * 60.0 / secs
     );
-    println!("{} passed, {} failed", seeds - failed.len() as u64, failed.len());
+    println!(
+        "{} passed, {} failed",
+        seeds - failed.len() as u64,
+        failed.len()
+    );
     if !failed.is_empty() {
         eprintln!("failing seeds: {failed:?}");
         std::process::exit(1);

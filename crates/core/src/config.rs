@@ -93,7 +93,13 @@ pub struct ConfigError {
 impl RaftConfig {
     /// Checks every field; the error names the field and the accepted range.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |key, value: String, expected: String| Err(ConfigError { key, value, expected });
+        let err = |key, value: String, expected: String| {
+            Err(ConfigError {
+                key,
+                value,
+                expected,
+            })
+        };
         if self.id == 0 {
             return err("id", "0".into(), "a non-zero node id".into());
         }
@@ -111,7 +117,8 @@ impl RaftConfig {
             return err(
                 "lease_reads",
                 "true".into(),
-                "false unless check_quorum is true (a lease is only safe under check-quorum)".into(),
+                "false unless check_quorum is true (a lease is only safe under check-quorum)"
+                    .into(),
             );
         }
         if self.lease_reads && self.lease_drift_ticks >= self.election_ticks {
@@ -154,13 +161,23 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let c = RaftConfig { election_ticks: 2, heartbeat_ticks: 2, ..Default::default() };
+        let c = RaftConfig {
+            election_ticks: 2,
+            heartbeat_ticks: 2,
+            ..Default::default()
+        };
         assert_eq!(c.validate().unwrap_err().key, "election_ticks");
-        let c = RaftConfig { check_quorum: false, ..Default::default() };
+        let c = RaftConfig {
+            check_quorum: false,
+            ..Default::default()
+        };
         let e = c.validate().unwrap_err();
         assert_eq!(e.key, "lease_reads");
         assert!(e.to_string().contains("check_quorum"));
-        let c = RaftConfig { id: 0, ..Default::default() };
+        let c = RaftConfig {
+            id: 0,
+            ..Default::default()
+        };
         assert_eq!(c.validate().unwrap_err().key, "id");
     }
 }

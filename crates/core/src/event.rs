@@ -4,7 +4,9 @@ use bytes::Bytes;
 
 use crate::membership::{MembershipChange, MembershipConfig, MembershipError};
 use crate::message::Message;
-use crate::types::{ClientSession, Entry, HardState, Index, LogId, NodeId, RequestId, SnapshotMeta};
+use crate::types::{
+    ClientSession, Entry, HardState, Index, LogId, NodeId, RequestId, SnapshotMeta,
+};
 
 /// A client command offered to the leader.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,12 +71,16 @@ pub enum Event {
     SnapshotInstalled(SnapshotMeta),
     /// Sending a snapshot to a peer failed; the leader will retry.
     SnapshotSendFailed(NodeId),
+    /// Installing the snapshot of an earlier [`Action::InstallSnapshot`] failed (bad checksum,
+    /// I/O error); the old state is intact and the leader will send again.
+    SnapshotInstallFailed(SnapshotMeta),
 }
 
 /// Outputs of the protocol, to be executed by the runtime **in order**.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
-    /// Persist term and vote (atomically), then report [`Event::HardStateSaved`].
+    /// Persist the hard state (term, vote and commit, atomically), then report
+    /// [`Event::HardStateSaved`].
     SaveHardState(HardState),
     /// Delete every log entry with index `>= from`.
     TruncateLog {
@@ -142,8 +148,9 @@ pub enum ClientError {
         /// The leader this node knows of, if any.
         leader: Option<NodeId>,
     },
-    /// The entry was removed from this node's log by a new leader. It may still be committed
-    /// by a later leader: the outcome is unknown, retry with the same session.
+    /// The entry was removed from this node's log by a new leader, or a snapshot from the
+    /// leader replaced the log before it was applied here. It may have been (or may yet be)
+    /// committed: the outcome is unknown, retry with the same session.
     #[error("the proposal was overwritten by a new leader; outcome unknown, retry with the same session")]
     ProposalDropped,
     /// Leadership was lost while the request was pending; outcome unknown.

@@ -22,6 +22,10 @@ pub use config::{ConfigError, RaftConfig};
 pub use event::{Action, ClientError, Event, Proposal, ReadConsistency, Reply};
 pub use membership::{MembershipChange, MembershipConfig, MembershipError};
 pub use message::{AppendResult, Message, MessageBody};
+pub use raft::progress::{Progress, ReplicationState};
 pub use raft::{InitError, InitialState, Raft, Role, Status};
 pub use rng::Rng;
-pub use types::{ClientSession, Entry, EntryPayload, HardState, Index, LogId, NodeId, RequestId, SnapshotMeta, Term};
+pub use types::{
+    ClientSession, Entry, EntryPayload, HardState, Index, LogId, NodeId, RequestId, SnapshotMeta,
+    Term,
+};

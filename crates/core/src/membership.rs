@@ -213,7 +213,9 @@ mod tests {
     fn set_voters_promotes_learners_and_drops_removed_voters() {
         let mut c = MembershipConfig::new_voters([1, 2, 3]);
         c.learners.insert(4);
-        let n = c.apply_change(&MembershipChange::SetVoters(set(&[2, 3, 4]))).unwrap();
+        let n = c
+            .apply_change(&MembershipChange::SetVoters(set(&[2, 3, 4])))
+            .unwrap();
         assert_eq!(n.voters, set(&[2, 3, 4]));
         assert!(n.learners.is_empty());
         assert_eq!(c.voter_distance(&n), 2);

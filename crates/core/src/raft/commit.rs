@@ -51,7 +51,9 @@ impl Raft {
             return;
         }
         let entries = self.log.slice(self.applying + 1, upto, usize::MAX);
-        let Some(last) = entries.last().map(|e| e.log_id.index) else { return };
+        let Some(last) = entries.last().map(|e| e.log_id.index) else {
+            return;
+        };
         let mut waiters = Vec::new();
         while let Some((&index, &(term, id))) = self.proposals.first_key_value() {
             if index > last {
@@ -93,7 +95,9 @@ impl Raft {
     pub(crate) fn tick_leader(&mut self) {
         let election = u64::from(self.cfg.election_ticks);
         let heartbeat = u64::from(self.cfg.heartbeat_ticks);
-        let Some(ls) = self.leader_state.as_mut() else { return };
+        let Some(ls) = self.leader_state.as_mut() else {
+            return;
+        };
         ls.heartbeat_elapsed += 1;
         ls.check_quorum_elapsed += 1;
         let beat = ls.heartbeat_elapsed >= heartbeat;
@@ -114,9 +118,15 @@ impl Raft {
             self.on_snapshot_send_failed(id);
         }
         if check {
-            self.leader_state.as_mut().map(|ls| ls.check_quorum_elapsed = 0);
+            self.leader_state
+                .as_mut()
+                .map(|ls| ls.check_quorum_elapsed = 0);
             if self.cfg.check_quorum && !self.quorum_active() {
-                tracing::info!(node = self.id, term = self.term, "check-quorum failed; stepping down");
+                tracing::info!(
+                    node = self.id,
+                    term = self.term,
+                    "check-quorum failed; stepping down"
+                );
                 let term = self.term;
                 self.become_follower(term, None, None);
                 return;
@@ -131,7 +141,9 @@ impl Raft {
     /// True if a quorum answered since the last check; resets the flags.
     fn quorum_active(&mut self) -> bool {
         let me = self.id;
-        let Some(ls) = self.leader_state.as_mut() else { return false };
+        let Some(ls) = self.leader_state.as_mut() else {
+            return false;
+        };
         let active = self
             .membership
             .effective()
@@ -145,10 +157,17 @@ impl Raft {
     /// Sends a heartbeat to every follower carrying the read round `seq`.
     pub(crate) fn broadcast_heartbeat(&mut self, seq: u64) {
         let Some(ls) = &self.leader_state else { return };
-        let targets: Vec<(NodeId, Index)> = ls.progress.iter().map(|(id, p)| (*id, p.matched)).collect();
+        let targets: Vec<(NodeId, Index)> =
+            ls.progress.iter().map(|(id, p)| (*id, p.matched)).collect();
         for (to, matched) in targets {
             let leader_commit = self.commit.min(matched);
-            self.send(to, MessageBody::Heartbeat { leader_commit, read_seq: seq });
+            self.send(
+                to,
+                MessageBody::Heartbeat {
+                    leader_commit,
+                    read_seq: seq,
+                },
+            );
         }
     }
 }

@@ -42,7 +42,14 @@ impl Raft {
 
     fn voters_except_self(&self) -> Vec<NodeId> {
         let c = self.membership.effective();
-        c.voters.iter().chain(c.outgoing.iter()).copied().filter(|id| *id != self.id).collect::<std::collections::BTreeSet<_>>().into_iter().collect()
+        c.voters
+            .iter()
+            .chain(c.outgoing.iter())
+            .copied()
+            .filter(|id| *id != self.id)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
     }
 
     fn become_pre_candidate(&mut self) {
@@ -54,7 +61,15 @@ impl Raft {
         let term = self.term + 1;
         tracing::debug!(node = self.id, term, "starting pre-vote");
         for to in self.voters_except_self() {
-            self.send_with_term(to, term, MessageBody::VoteRequest { pre_vote: true, last_log_id, transfer: false });
+            self.send_with_term(
+                to,
+                term,
+                MessageBody::VoteRequest {
+                    pre_vote: true,
+                    last_log_id,
+                    transfer: false,
+                },
+            );
         }
         self.tally();
     }
@@ -70,15 +85,29 @@ impl Raft {
         let last_log_id = self.log.last_log_id();
         tracing::debug!(node = self.id, term = self.term, "starting election");
         for to in self.voters_except_self() {
-            self.send(to, MessageBody::VoteRequest { pre_vote: false, last_log_id, transfer });
+            self.send(
+                to,
+                MessageBody::VoteRequest {
+                    pre_vote: false,
+                    last_log_id,
+                    transfer,
+                },
+            );
         }
         self.tally();
     }
 
     /// §5.2 / §5.4.1: grant at most one vote per term, and only to a candidate whose log is
     /// at least as up-to-date as ours. Pre-votes change nothing locally.
-    pub(crate) fn handle_vote_request(&mut self, from: NodeId, term: Term, pre_vote: bool, last: LogId) {
-        let up_to_date = (last.term, last.index) >= (self.log.last_log_id().term, self.log.last_index());
+    pub(crate) fn handle_vote_request(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        pre_vote: bool,
+        last: LogId,
+    ) {
+        let up_to_date =
+            (last.term, last.index) >= (self.log.last_log_id().term, self.log.last_index());
         let can_vote = self.vote == Some(from)
             || (self.vote.is_none() && self.leader.is_none())
             || (pre_vote && term > self.term);
@@ -89,11 +118,28 @@ impl Raft {
             self.reset_election_timer();
         }
         let reply_term = if pre_vote && granted { term } else { self.term };
-        tracing::debug!(node = self.id, from, term, pre_vote, granted, "vote request");
-        self.send_with_term(from, reply_term, MessageBody::VoteResponse { pre_vote, granted });
+        tracing::debug!(
+            node = self.id,
+            from,
+            term,
+            pre_vote,
+            granted,
+            "vote request"
+        );
+        self.send_with_term(
+            from,
+            reply_term,
+            MessageBody::VoteResponse { pre_vote, granted },
+        );
     }
 
-    pub(crate) fn handle_vote_response(&mut self, from: NodeId, term: Term, pre_vote: bool, granted: bool) {
+    pub(crate) fn handle_vote_response(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        pre_vote: bool,
+        granted: bool,
+    ) {
         match (self.role, pre_vote) {
             (Role::PreCandidate, true) if !granted || term == self.term + 1 => {}
             (Role::Candidate, false) => {}
@@ -121,7 +167,10 @@ impl Raft {
 
     /// A candidate becomes leader once a quorum granted **and** its own vote is durable.
     pub(crate) fn maybe_win_election(&mut self) {
-        let won = self.membership.effective().is_quorum(|id| self.votes.get(&id) == Some(&true));
+        let won = self
+            .membership
+            .effective()
+            .is_quorum(|id| self.votes.get(&id) == Some(&true));
         if self.role == Role::Candidate && won && self.hs_durable {
             self.become_leader();
         }
@@ -140,6 +189,7 @@ impl Raft {
             check_quorum_elapsed: 0,
             heartbeat_elapsed: 0,
             lease_until: 0,
+            lease_revoked: false,
         });
         self.sync_progress_with_membership();
         // A new leader commits entries of earlier terms only by committing one of its own

@@ -19,7 +19,10 @@ pub(crate) struct RaftLog {
 impl RaftLog {
     /// A log that starts right after `offset` with `entries` (which must follow on).
     pub(crate) fn new(offset: LogId, entries: Vec<Entry>) -> Self {
-        Self { offset, entries: entries.into() }
+        Self {
+            offset,
+            entries: entries.into(),
+        }
     }
 
     /// The id before the first kept entry.
@@ -128,11 +131,18 @@ mod tests {
     use crate::types::EntryPayload;
 
     fn e(term: Term, index: Index) -> Entry {
-        Entry { log_id: LogId::new(term, index), payload: EntryPayload::Blank }
+        Entry {
+            log_id: LogId::new(term, index),
+            payload: EntryPayload::Blank,
+        }
     }
 
     fn log(terms: &[Term]) -> RaftLog {
-        let entries = terms.iter().enumerate().map(|(i, t)| e(*t, i as u64 + 1)).collect();
+        let entries = terms
+            .iter()
+            .enumerate()
+            .map(|(i, t)| e(*t, i as u64 + 1))
+            .collect();
         RaftLog::new(LogId::default(), entries)
     }
 

@@ -18,8 +18,14 @@ pub(crate) struct MembershipLog {
 }
 
 impl MembershipLog {
-    pub(crate) fn restore<'a>(snapshot: &SnapshotMeta, entries: impl Iterator<Item = &'a Entry>) -> Self {
-        let mut log = Self { base: (snapshot.last_log_id.index, snapshot.membership.clone()), entries: Vec::new() };
+    pub(crate) fn restore<'a>(
+        snapshot: &SnapshotMeta,
+        entries: impl Iterator<Item = &'a Entry>,
+    ) -> Self {
+        let mut log = Self {
+            base: (snapshot.last_log_id.index, snapshot.membership.clone()),
+            entries: Vec::new(),
+        };
         for e in entries {
             if let EntryPayload::Membership(c) = &e.payload {
                 if e.log_id.index > log.base.0 {
@@ -42,12 +48,32 @@ impl MembershipLog {
 
     /// The configuration as of `index`.
     pub(crate) fn at(&self, index: Index) -> &MembershipConfig {
-        self.entries.iter().rev().find(|(i, _)| *i <= index).map_or(&self.base.1, |(_, c)| c)
+        self.entries
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .map_or(&self.base.1, |(_, c)| c)
+    }
+
+    /// Every member of the configuration committed at `commit` and of any later one.
+    pub(crate) fn members_since(
+        &self,
+        commit: Index,
+    ) -> std::collections::BTreeSet<crate::types::NodeId> {
+        let mut all = self.at(commit).members();
+        for (_, c) in self.entries.iter().filter(|(i, _)| *i > commit) {
+            all.extend(c.members());
+        }
+        all
     }
 
     /// True if `id` votes in the configuration committed at `commit` or in any later one.
     pub(crate) fn may_vote(&self, commit: Index, id: crate::types::NodeId) -> bool {
-        self.at(commit).is_voter(id) || self.entries.iter().any(|(i, c)| *i > commit && c.is_voter(id))
+        self.at(commit).is_voter(id)
+            || self
+                .entries
+                .iter()
+                .any(|(i, c)| *i > commit && c.is_voter(id))
     }
 
     /// One line listing every known configuration with its index, for diagnostics.
@@ -114,11 +140,16 @@ impl Raft {
         if target == current {
             return self.respond(id, Ok(Reply::MembershipChanged(current)));
         }
-        let direct = unsafe_changes || (self.cfg.single_server_changes && current.voter_distance(&target) <= 1);
+        let direct = unsafe_changes
+            || (self.cfg.single_server_changes && current.voter_distance(&target) <= 1);
         let next = if direct {
             target
         } else {
-            MembershipConfig { voters: target.voters, outgoing: current.voters.clone(), learners: target.learners }
+            MembershipConfig {
+                voters: target.voters,
+                outgoing: current.voters.clone(),
+                learners: target.learners,
+            }
         };
         tracing::info!(node = self.id, from = %current, to = %next, "membership change");
         let joint = next.is_joint();
@@ -135,12 +166,16 @@ impl Raft {
         false
     }
 
-    /// Keeps one `Progress` per member other than the leader.
+    /// Keeps one `Progress` per member other than the leader: members of the committed
+    /// configuration and of every later one, so a removed node still receives the entry
+    /// that removes it.
     pub(crate) fn sync_progress_with_membership(&mut self) {
-        let members = self.membership.effective().members();
+        let members = self.membership.members_since(self.commit);
         let next = self.log.last_index() + 1;
         let me = self.id;
-        let Some(ls) = self.leader_state.as_mut() else { return };
+        let Some(ls) = self.leader_state.as_mut() else {
+            return;
+        };
         ls.progress.retain(|id, _| members.contains(id));
         for id in members {
             if id != me {
@@ -158,7 +193,11 @@ impl Raft {
         }
         let config = self.membership.effective().clone();
         if config.is_joint() {
-            let next = MembershipConfig { voters: config.voters.clone(), outgoing: Default::default(), learners: config.learners.clone() };
+            let next = MembershipConfig {
+                voters: config.voters.clone(),
+                outgoing: Default::default(),
+                learners: config.learners.clone(),
+            };
             tracing::info!(node = self.id, to = %next, "leaving joint consensus");
             let index = self.append_as_leader(vec![(EntryPayload::Membership(next), None)]);
             if let Some(ls) = self.leader_state.as_mut() {
@@ -171,7 +210,9 @@ impl Raft {
             return;
         }
         let waiter = self.leader_state.as_mut().and_then(|ls| {
-            let due = ls.membership_waiter.is_some_and(|(at, _)| at != 0 && at <= idx);
+            let due = ls
+                .membership_waiter
+                .is_some_and(|(at, _)| at != 0 && at <= idx);
             if due {
                 ls.membership_waiter.take()
             } else {
@@ -181,6 +222,7 @@ impl Raft {
         if let Some((_, id)) = waiter {
             self.respond(id, Ok(Reply::MembershipChanged(config.clone())));
         }
+        self.sync_progress_with_membership();
         if !config.is_voter(self.id) {
             tracing::info!(node = self.id, "removed from the voters; stepping down");
             let term = self.term;
@@ -196,13 +238,20 @@ mod tests {
 
     #[test]
     fn effective_config_is_the_latest_even_if_uncommitted_thesis_4_1() {
-        let meta = SnapshotMeta { last_log_id: LogId::default(), membership: MembershipConfig::new_voters([1, 2, 3]) };
+        let meta = SnapshotMeta {
+            last_log_id: LogId::default(),
+            membership: MembershipConfig::new_voters([1, 2, 3]),
+        };
         let mut m = MembershipLog::restore(&meta, std::iter::empty());
         m.push(5, MembershipConfig::new_voters([1, 2, 3, 4]));
         assert_eq!(m.effective().voters.len(), 4);
         assert_eq!(m.at(4).voters.len(), 3);
         m.truncate(5);
-        assert_eq!(m.effective().voters.len(), 3, "a truncated configuration is undone");
+        assert_eq!(
+            m.effective().voters.len(),
+            3,
+            "a truncated configuration is undone"
+        );
     }
 
     #[test]

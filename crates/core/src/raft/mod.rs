@@ -1,7 +1,7 @@
 //! The Raft protocol as a deterministic, synchronous state machine: [`Event`]s in,
 //! [`Action`]s out. No I/O, no clock, no threads; the only randomness is a seeded [`Rng`].
 //!
-//! The code is split by concern: [`election`](self) (election.rs), replication.rs,
+//! The code is split by concern: election.rs, replication.rs,
 //! commit.rs, membership.rs, snapshot.rs, read.rs and transfer.rs. This file holds the
 //! node's state, the term rules shared by every message (§5.1) and the dispatcher.
 
@@ -9,7 +9,7 @@ mod commit;
 mod election;
 pub(crate) mod log;
 mod membership;
-pub(crate) mod progress;
+pub mod progress;
 mod read;
 mod replication;
 mod snapshot;
@@ -26,7 +26,9 @@ use crate::event::{Action, ClientError, Event, Reply};
 use crate::membership::MembershipConfig;
 use crate::message::{Message, MessageBody};
 use crate::rng::Rng;
-use crate::types::{Entry, EntryPayload, HardState, Index, LogId, NodeId, RequestId, SnapshotMeta, Term};
+use crate::types::{
+    Entry, EntryPayload, HardState, Index, LogId, NodeId, RequestId, SnapshotMeta, Term,
+};
 
 use self::log::RaftLog;
 use self::membership::MembershipLog;
@@ -71,12 +73,18 @@ impl InitialState {
     /// join later receive it like any other configuration entry. Persist it (as a durable
     /// log entry) before starting the node, and bootstrap a cluster exactly once.
     pub fn bootstrap(membership: MembershipConfig) -> Self {
-        Self { entries: vec![Self::bootstrap_entry(membership)], ..Self::default() }
+        Self {
+            entries: vec![Self::bootstrap_entry(membership)],
+            ..Self::default()
+        }
     }
 
     /// The first log entry of a new cluster.
     pub fn bootstrap_entry(membership: MembershipConfig) -> Entry {
-        Entry { log_id: LogId::new(0, 1), payload: EntryPayload::Membership(membership) }
+        Entry {
+            log_id: LogId::new(0, 1),
+            payload: EntryPayload::Membership(membership),
+        }
     }
 }
 
@@ -87,7 +95,9 @@ pub enum InitError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The log entries are not contiguous after the offset.
-    #[error("log entry {found} does not follow {expected_after}: the log has a gap or is out of order")]
+    #[error(
+        "log entry {found} does not follow {expected_after}: the log has a gap or is out of order"
+    )]
     LogGap {
         /// The entry that should have followed.
         expected_after: LogId,
@@ -148,6 +158,10 @@ pub(crate) struct LeaderState {
     pub(crate) heartbeat_elapsed: u64,
     /// Lease reads are served while `now < lease_until`.
     pub(crate) lease_until: u64,
+    /// Set when a transfer that sent TimeoutNow was abandoned: the target may still campaign
+    /// (ignoring leader stickiness) whenever that message arrives, so no lease is safe for
+    /// the rest of this term; reads fall back to ReadIndex.
+    pub(crate) lease_revoked: bool,
 }
 
 /// One Raft node's protocol state. Feed it [`Event`]s with [`Raft::step`], execute the
@@ -202,7 +216,10 @@ impl Raft {
         let mut prev = init.log_offset;
         for e in &init.entries {
             if e.log_id.index != prev.index + 1 || e.log_id.term < prev.term {
-                return Err(InitError::LogGap { expected_after: prev, found: e.log_id });
+                return Err(InitError::LogGap {
+                    expected_after: prev,
+                    found: e.log_id,
+                });
             }
             prev = e.log_id;
         }
@@ -268,6 +285,7 @@ impl Raft {
             Event::SnapshotBuilt(meta) => self.on_snapshot_built(meta),
             Event::SnapshotInstalled(meta) => self.on_snapshot_installed(meta),
             Event::SnapshotSendFailed(to) => self.on_snapshot_send_failed(to),
+            Event::SnapshotInstallFailed(meta) => self.on_snapshot_install_failed(meta),
         }
     }
 
@@ -296,7 +314,11 @@ impl Raft {
             snapshot: self.snapshot.last_log_id,
             purged: self.log.offset(),
             membership: self.membership.effective().clone(),
-            progress: self.leader_state.as_ref().map(|l| l.progress.clone()).unwrap_or_default(),
+            progress: self
+                .leader_state
+                .as_ref()
+                .map(|l| l.progress.clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -353,7 +375,11 @@ impl Raft {
     /// the hard state and the log are synced separately, and a crash that kept the hard state
     /// but lost log writes must not make stale entries look committed after restart.
     fn hard_state(&self) -> HardState {
-        HardState { term: self.term, vote: self.vote, commit: self.commit.min(self.durable) }
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.commit.min(self.durable),
+        }
     }
 
     /// Persists term and vote; replies wait until they are durable.
@@ -384,7 +410,12 @@ impl Raft {
     /// Sends a message; held back while the current term/vote is not yet durable, because
     /// every reply may depend on it (persistence ordering, Figure 2).
     pub(crate) fn send_with_term(&mut self, to: NodeId, term: Term, body: MessageBody) {
-        let m = Message { from: self.id, to, term, body };
+        let m = Message {
+            from: self.id,
+            to,
+            term,
+            body,
+        };
         #[cfg(any(test, feature = "testing"))]
         if self.cfg.bugs.vote_before_durable && matches!(m.body, MessageBody::VoteResponse { .. }) {
             self.actions.push(Action::Send(m));
@@ -402,7 +433,9 @@ impl Raft {
     }
 
     pub(crate) fn not_leader(&self) -> ClientError {
-        ClientError::NotLeader { leader: self.leader.filter(|l| *l != self.id) }
+        ClientError::NotLeader {
+            leader: self.leader.filter(|l| *l != self.id),
+        }
     }
 
     fn tick(&mut self) {
@@ -422,20 +455,31 @@ impl Raft {
         }
         if m.term > self.term {
             match &m.body {
-                MessageBody::VoteRequest { pre_vote, transfer, .. } => {
+                MessageBody::VoteRequest {
+                    pre_vote, transfer, ..
+                } => {
                     if !transfer && self.in_lease() {
-                        tracing::debug!(node = self.id, from = m.from, "ignoring vote request: heard from a leader recently");
+                        tracing::debug!(
+                            node = self.id,
+                            from = m.from,
+                            "ignoring vote request: heard from a leader recently"
+                        );
                         return;
                     }
                     if !pre_vote {
                         self.become_follower(m.term, None, Some(m.from));
                     }
                 }
-                MessageBody::VoteResponse { pre_vote: true, granted: true } => {}
+                MessageBody::VoteResponse {
+                    pre_vote: true,
+                    granted: true,
+                } => {}
                 MessageBody::AppendEntries { .. }
                 | MessageBody::Heartbeat { .. }
                 | MessageBody::InstallSnapshot { .. }
-                | MessageBody::TimeoutNow => self.become_follower(m.term, Some(m.from), Some(m.from)),
+                | MessageBody::TimeoutNow => {
+                    self.become_follower(m.term, Some(m.from), Some(m.from))
+                }
                 _ => self.become_follower(m.term, None, Some(m.from)),
             }
         } else if m.term < self.term {
@@ -443,18 +487,27 @@ impl Raft {
             return;
         }
         match m.body {
-            MessageBody::VoteRequest { pre_vote, last_log_id, .. } => {
-                self.handle_vote_request(m.from, m.term, pre_vote, last_log_id)
-            }
+            MessageBody::VoteRequest {
+                pre_vote,
+                last_log_id,
+                ..
+            } => self.handle_vote_request(m.from, m.term, pre_vote, last_log_id),
             MessageBody::VoteResponse { pre_vote, granted } => {
                 self.handle_vote_response(m.from, m.term, pre_vote, granted)
             }
-            MessageBody::AppendEntries { prev_log_id, entries, leader_commit } => {
+            MessageBody::AppendEntries {
+                prev_log_id,
+                entries,
+                leader_commit,
+            } => {
                 if self.accept_leader(m.from) {
                     self.handle_append_entries(m.from, prev_log_id, entries, leader_commit);
                 }
             }
-            MessageBody::Heartbeat { leader_commit, read_seq } => {
+            MessageBody::Heartbeat {
+                leader_commit,
+                read_seq,
+            } => {
                 if self.accept_leader(m.from) {
                     self.handle_heartbeat(m.from, leader_commit, read_seq);
                 }
@@ -465,7 +518,9 @@ impl Raft {
                 }
             }
             MessageBody::AppendResponse(result) => self.handle_append_response(m.from, result),
-            MessageBody::HeartbeatResponse { read_seq } => self.handle_heartbeat_response(m.from, read_seq),
+            MessageBody::HeartbeatResponse { read_seq } => {
+                self.handle_heartbeat_response(m.from, read_seq)
+            }
             MessageBody::TimeoutNow => self.handle_timeout_now(m.from),
         }
     }
@@ -474,11 +529,19 @@ impl Raft {
     /// it steps down (needed with check-quorum / pre-vote, thesis §9.6).
     fn reply_to_stale(&mut self, m: &Message) {
         match m.body {
-            MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
+            MessageBody::AppendEntries { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. } => {
                 self.send(m.from, MessageBody::HeartbeatResponse { read_seq: 0 });
             }
             MessageBody::VoteRequest { pre_vote: true, .. } => {
-                self.send(m.from, MessageBody::VoteResponse { pre_vote: true, granted: false });
+                self.send(
+                    m.from,
+                    MessageBody::VoteResponse {
+                        pre_vote: true,
+                        granted: false,
+                    },
+                );
             }
             _ => {}
         }
@@ -487,7 +550,12 @@ impl Raft {
     /// A message from the leader of the current term: follow it.
     fn accept_leader(&mut self, from: NodeId) -> bool {
         if self.role == Role::Leader {
-            tracing::error!(node = self.id, from, term = self.term, "two leaders in one term; ignoring");
+            tracing::error!(
+                node = self.id,
+                from,
+                term = self.term,
+                "two leaders in one term; ignoring"
+            );
             return false;
         }
         if self.role != Role::Follower || self.leader != Some(from) {
@@ -499,7 +567,13 @@ impl Raft {
 
     /// Becomes a follower of `term` (saving the new term if it grew). `cause` is the node
     /// whose message caused it, used to report a completed leader transfer.
-    pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>, cause: Option<NodeId>) {
+    pub(crate) fn become_follower(
+        &mut self,
+        term: Term,
+        leader: Option<NodeId>,
+        cause: Option<NodeId>,
+    ) {
+        let term_changed = term != self.term;
         if term > self.term {
             self.term = term;
             self.vote = None;
@@ -512,7 +586,8 @@ impl Raft {
         self.role = Role::Follower;
         self.leader = leader;
         self.votes.clear();
-        if leader_changed || term != self.term {
+        // What a follower verified against a leader only holds for that leader in that term.
+        if leader_changed || term_changed {
             self.verified_match = 0;
             self.acked_durable = 0;
         }
@@ -521,7 +596,9 @@ impl Raft {
 
     /// Leaves the leader role: answers what only a leader could answer.
     fn step_down(&mut self, cause: Option<NodeId>) {
-        let Some(mut ls) = self.leader_state.take() else { return };
+        let Some(mut ls) = self.leader_state.take() else {
+            return;
+        };
         let not_leader = ClientError::NotLeader { leader: None };
         for id in ls.reads.drain_unconfirmed() {
             self.respond(id, Err(not_leader.clone()));
@@ -569,7 +646,10 @@ impl Raft {
     }
 
     /// Appends entries to the leader's own log and starts replicating them.
-    pub(crate) fn append_as_leader(&mut self, items: Vec<(EntryPayload, Option<RequestId>)>) -> Index {
+    pub(crate) fn append_as_leader(
+        &mut self,
+        items: Vec<(EntryPayload, Option<RequestId>)>,
+    ) -> Index {
         let mut entries = Vec::with_capacity(items.len());
         let mut index = self.log.last_index();
         for (payload, waiter) in items {
@@ -580,7 +660,10 @@ impl Raft {
             if let Some(id) = waiter {
                 self.proposals.insert(index, (self.term, id));
             }
-            entries.push(Entry { log_id: LogId::new(self.term, index), payload });
+            entries.push(Entry {
+                log_id: LogId::new(self.term, index),
+                payload,
+            });
         }
         self.log.append(entries.iter().cloned());
         self.actions.push(Action::AppendLog(entries));

@@ -63,7 +63,9 @@ impl Raft {
             let index = self.commit;
             return self.read_ready(index, vec![id]);
         }
-        let Some(ls) = self.leader_state.as_mut() else { return };
+        let Some(ls) = self.leader_state.as_mut() else {
+            return;
+        };
         ls.reads.queued.push(id);
         if ls.reads.rounds.is_empty() {
             self.start_read_round();
@@ -74,17 +76,26 @@ impl Raft {
     /// `election_ticks - lease_drift_ticks` ago, and no transfer is under way.
     pub(crate) fn lease_valid(&self) -> bool {
         self.cfg.lease_reads
-            && self.leader_state.as_ref().is_some_and(|ls| ls.transfer.is_none() && self.now < ls.lease_until)
+            && self.leader_state.as_ref().is_some_and(|ls| {
+                ls.transfer.is_none() && !ls.lease_revoked && self.now < ls.lease_until
+            })
     }
 
     /// Starts a round with every queued read, confirmed by a heartbeat to all followers.
     pub(crate) fn start_read_round(&mut self) {
         let (commit, now) = (self.commit, self.now);
-        let Some(ls) = self.leader_state.as_mut() else { return };
+        let Some(ls) = self.leader_state.as_mut() else {
+            return;
+        };
         ls.reads.seq += 1;
         let seq = ls.reads.seq;
         let ids = std::mem::take(&mut ls.reads.queued);
-        ls.reads.rounds.push_back(Round { seq, index: commit, ids, sent_at: now });
+        ls.reads.rounds.push_back(Round {
+            seq,
+            index: commit,
+            ids,
+            sent_at: now,
+        });
         self.broadcast_heartbeat(seq);
         self.check_read_rounds();
     }
@@ -95,15 +106,21 @@ impl Raft {
         let lease_ticks = self.cfg.lease_ticks();
         let mut ready = Vec::new();
         {
-            let Some(ls) = self.leader_state.as_mut() else { return };
+            let Some(ls) = self.leader_state.as_mut() else {
+                return;
+            };
             let config = self.membership.effective();
             while let Some(round) = ls.reads.rounds.front() {
                 let seq = round.seq;
-                let confirmed = config.is_quorum(|id| id == me || ls.progress.get(&id).is_some_and(|p| p.read_ack >= seq));
+                let confirmed = config.is_quorum(|id| {
+                    id == me || ls.progress.get(&id).is_some_and(|p| p.read_ack >= seq)
+                });
                 if !confirmed {
                     break;
                 }
-                let Some(round) = ls.reads.rounds.pop_front() else { break };
+                let Some(round) = ls.reads.rounds.pop_front() else {
+                    break;
+                };
                 ls.lease_until = ls.lease_until.max(round.sent_at + lease_ticks);
                 if !round.ids.is_empty() {
                     ready.push((round.index, round.ids));
@@ -113,7 +130,10 @@ impl Raft {
         for (index, ids) in ready {
             self.read_ready(index, ids);
         }
-        let start_next = self.leader_state.as_ref().is_some_and(|ls| ls.reads.rounds.is_empty() && !ls.reads.queued.is_empty());
+        let start_next = self
+            .leader_state
+            .as_ref()
+            .is_some_and(|ls| ls.reads.rounds.is_empty() && !ls.reads.queued.is_empty());
         if start_next {
             self.start_read_round();
         }
@@ -125,7 +145,9 @@ impl Raft {
             return;
         }
         let waiting = match self.leader_state.as_mut() {
-            Some(ls) if !ls.reads.before_commit.is_empty() => std::mem::take(&mut ls.reads.before_commit),
+            Some(ls) if !ls.reads.before_commit.is_empty() => {
+                std::mem::take(&mut ls.reads.before_commit)
+            }
             _ => return,
         };
         for (id, consistency) in waiting {
@@ -144,7 +166,9 @@ impl Raft {
     /// Emits reads whose index the state machine has reached.
     pub(crate) fn release_ready_reads(&mut self) {
         let applied = self.applied;
-        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ready_reads).into_iter().partition(|(i, _)| *i <= applied);
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ready_reads)
+            .into_iter()
+            .partition(|(i, _)| *i <= applied);
         self.ready_reads = later;
         for (index, ids) in now {
             self.actions.push(Action::ReadReady { ids, index });

@@ -13,7 +13,11 @@ impl Raft {
     pub(crate) fn propose(&mut self, proposals: Vec<Proposal>) {
         let refusal = if !self.is_leader() {
             Some(self.not_leader())
-        } else if self.leader_state.as_ref().is_some_and(|l| l.transfer.is_some()) {
+        } else if self
+            .leader_state
+            .as_ref()
+            .is_some_and(|l| l.transfer.is_some())
+        {
             Some(ClientError::TransferInProgress)
         } else {
             None
@@ -26,7 +30,15 @@ impl Raft {
         }
         let items = proposals
             .into_iter()
-            .map(|p| (EntryPayload::Command { session: p.session, data: p.data }, Some(p.id)))
+            .map(|p| {
+                (
+                    EntryPayload::Command {
+                        session: p.session,
+                        data: p.data,
+                    },
+                    Some(p.id),
+                )
+            })
             .collect();
         self.append_as_leader(items);
     }
@@ -102,11 +114,22 @@ impl Raft {
     /// An empty AppendEntries with the commit index, if `to` is idle and behind on it.
     fn maybe_send_commit(&mut self, to: NodeId) {
         let (last, commit) = (self.log.last_log_id(), self.commit);
-        let Some(pr) = self.progress_mut(to) else { return };
-        let idle = pr.state == ReplicationState::Replicate && pr.inflight.is_empty() && pr.next == last.index + 1;
+        let Some(pr) = self.progress_mut(to) else {
+            return;
+        };
+        let idle = pr.state == ReplicationState::Replicate
+            && pr.inflight.is_empty()
+            && pr.next == last.index + 1;
         if idle && pr.commit_sent < commit {
             pr.commit_sent = commit;
-            self.send(to, MessageBody::AppendEntries { prev_log_id: last, entries: Vec::new(), leader_commit: commit });
+            self.send(
+                to,
+                MessageBody::AppendEntries {
+                    prev_log_id: last,
+                    entries: Vec::new(),
+                    leader_commit: commit,
+                },
+            );
         }
     }
 
@@ -119,7 +142,13 @@ impl Raft {
     }
 
     /// Follower side of AppendEntries (§5.3, Figure 2 receiver rules 2–5).
-    pub(crate) fn handle_append_entries(&mut self, from: NodeId, prev: LogId, entries: Vec<Entry>, leader_commit: Index) {
+    pub(crate) fn handle_append_entries(
+        &mut self,
+        from: NodeId,
+        prev: LogId,
+        entries: Vec<Entry>,
+        leader_commit: Index,
+    ) {
         if self.installing.is_some() {
             return; // the leader retries once the snapshot is in
         }
@@ -128,22 +157,45 @@ impl Raft {
         // Completeness), so only the part above it needs checking.
         let (prev, entries) = if prev.index < self.commit {
             let skip = ((self.commit - prev.index) as usize).min(entries.len());
-            let new_prev = if skip == 0 { prev } else { entries[skip - 1].log_id };
-            (LogId::new(new_prev.term, prev.index + skip as u64), entries[skip..].to_vec())
+            let new_prev = if skip == 0 {
+                prev
+            } else {
+                entries[skip - 1].log_id
+            };
+            (
+                LogId::new(new_prev.term, prev.index + skip as u64),
+                entries[skip..].to_vec(),
+            )
         } else {
             (prev, entries)
         };
         if prev.index > self.commit && !self.log.matches(prev) {
-            let hint = self.log.find_conflict_by_term(prev.index.min(self.log.last_index()), prev.term);
+            let hint = self
+                .log
+                .find_conflict_by_term(prev.index.min(self.log.last_index()), prev.term);
             tracing::debug!(node = self.id, from, %prev, %hint, "append rejected");
-            self.send(from, MessageBody::AppendResponse(AppendResult::Conflict { rejected: prev.index, hint }));
+            self.send(
+                from,
+                MessageBody::AppendResponse(AppendResult::Conflict {
+                    rejected: prev.index,
+                    hint,
+                }),
+            );
             return;
         }
-        let conflict = entries.iter().position(|e| self.log.term(e.log_id.index) != Some(e.log_id.term));
+        let conflict = entries
+            .iter()
+            .position(|e| self.log.term(e.log_id.index) != Some(e.log_id.term));
         if let Some(pos) = conflict {
             let at = entries[pos].log_id.index;
             if at <= self.commit {
-                tracing::error!(node = self.id, from, at, commit = self.commit, "leader tried to overwrite a committed entry; ignoring");
+                tracing::error!(
+                    node = self.id,
+                    from,
+                    at,
+                    commit = self.commit,
+                    "leader tried to overwrite a committed entry; ignoring"
+                );
                 return;
             }
             if at <= self.log.last_index() {
@@ -162,7 +214,13 @@ impl Raft {
         self.commit_to(leader_commit.min(last_in_msg));
         let durable = self.durable_ack();
         self.acked_durable = self.acked_durable.max(durable);
-        self.send(from, MessageBody::AppendResponse(AppendResult::Success { last_accepted: last_in_msg, durable }));
+        self.send(
+            from,
+            MessageBody::AppendResponse(AppendResult::Success {
+                last_accepted: last_in_msg,
+                durable,
+            }),
+        );
     }
 
     /// Highest index we may tell the leader is durable and matching.
@@ -205,7 +263,13 @@ impl Raft {
                     if ack > self.acked_durable {
                         self.acked_durable = ack;
                         let last_accepted = self.verified_match;
-                        self.send(leader, MessageBody::AppendResponse(AppendResult::Success { last_accepted, durable: ack }));
+                        self.send(
+                            leader,
+                            MessageBody::AppendResponse(AppendResult::Success {
+                                last_accepted,
+                                durable: ack,
+                            }),
+                        );
                     }
                 }
             }
@@ -220,9 +284,14 @@ impl Raft {
         }
         let last = self.log.last_index();
         match result {
-            AppendResult::Success { last_accepted, durable } => {
+            AppendResult::Success {
+                last_accepted,
+                durable,
+            } => {
                 let (last_accepted, durable) = (last_accepted.min(last), durable.min(last));
-                let Some(pr) = self.progress_mut(from) else { return };
+                let Some(pr) = self.progress_mut(from) else {
+                    return;
+                };
                 pr.recent_active = true;
                 pr.free_upto(last_accepted);
                 match pr.state {
@@ -256,17 +325,22 @@ impl Raft {
                 } else {
                     hint.index
                 };
-                let Some(pr) = self.progress_mut(from) else { return };
+                let Some(pr) = self.progress_mut(from) else {
+                    return;
+                };
                 pr.recent_active = true;
                 let stale = match pr.state {
-                    ReplicationState::Probe => rejected + 1 != pr.next,
+                    ReplicationState::Probe => rejected.saturating_add(1) != pr.next,
                     ReplicationState::Replicate => rejected <= pr.matched,
                     ReplicationState::Snapshot(_) => true,
                 };
                 if stale {
                     return;
                 }
-                let next = (leader_conflict + 1).min(rejected).max(pr.matched + 1);
+                let next = leader_conflict
+                    .saturating_add(1)
+                    .min(rejected)
+                    .max(pr.matched + 1);
                 pr.become_probe();
                 pr.next = next;
                 tracing::debug!(from, rejected, next, "backtracking");
@@ -291,7 +365,9 @@ impl Raft {
             return;
         }
         let last = self.log.last_index();
-        let Some(pr) = self.progress_mut(from) else { return };
+        let Some(pr) = self.progress_mut(from) else {
+            return;
+        };
         pr.recent_active = true;
         pr.read_ack = pr.read_ack.max(read_seq);
         if pr.matched < last {

@@ -12,7 +12,10 @@ impl Raft {
     /// behind it, keeping `purge_keep_entries` for slightly lagging followers.
     pub(crate) fn on_snapshot_built(&mut self, meta: SnapshotMeta) {
         let idx = meta.last_log_id.index;
-        if idx <= self.snapshot.last_log_id.index || idx > self.applied || !self.log.matches(meta.last_log_id) {
+        if idx <= self.snapshot.last_log_id.index
+            || idx > self.applied
+            || !self.log.matches(meta.last_log_id)
+        {
             return;
         }
         self.snapshot = meta;
@@ -24,7 +27,9 @@ impl Raft {
         if index <= self.log.offset().index {
             return;
         }
-        let Some(term) = self.log.term(index) else { return };
+        let Some(term) = self.log.term(index) else {
+            return;
+        };
         let up_to = LogId::new(term, index);
         self.log.purge(up_to);
         self.membership.fold(index);
@@ -35,7 +40,9 @@ impl Raft {
     pub(crate) fn send_snapshot(&mut self, to: NodeId) {
         let meta = self.snapshot.clone();
         let idx = meta.last_log_id.index;
-        let Some(pr) = self.progress_mut(to) else { return };
+        let Some(pr) = self.progress_mut(to) else {
+            return;
+        };
         pr.become_snapshot(idx);
         tracing::info!(to, snapshot = %meta.last_log_id, "sending snapshot");
         self.send(to, MessageBody::InstallSnapshot { meta });
@@ -57,13 +64,28 @@ impl Raft {
         let idx = meta.last_log_id.index;
         if idx <= self.commit {
             let durable = self.durable.min(idx);
-            self.send(from, MessageBody::AppendResponse(AppendResult::Success { last_accepted: idx, durable }));
+            self.send(
+                from,
+                MessageBody::AppendResponse(AppendResult::Success {
+                    last_accepted: idx,
+                    durable,
+                }),
+            );
             return;
         }
         let reset_log = !self.log.matches(meta.last_log_id);
         tracing::info!(node = self.id, snapshot = %meta.last_log_id, reset_log, "installing snapshot");
         self.installing = Some(meta.clone());
-        self.actions.push(Action::InstallSnapshot { meta, reset_log });
+        self.actions
+            .push(Action::InstallSnapshot { meta, reset_log });
+    }
+
+    /// Installation failed: keep the old state and accept appends (or a new snapshot) again.
+    pub(crate) fn on_snapshot_install_failed(&mut self, meta: SnapshotMeta) {
+        if self.installing.as_ref() == Some(&meta) {
+            tracing::warn!(node = self.id, snapshot = %meta.last_log_id, "snapshot install failed");
+            self.installing = None;
+        }
     }
 
     /// The runtime installed the snapshot: the log now starts after it.
@@ -96,7 +118,13 @@ impl Raft {
         self.verified_match = self.verified_match.max(id.index);
         self.acked_durable = self.acked_durable.max(id.index);
         if let Some(leader) = self.leader {
-            self.send(leader, MessageBody::AppendResponse(AppendResult::Success { last_accepted: id.index, durable: id.index }));
+            self.send(
+                leader,
+                MessageBody::AppendResponse(AppendResult::Success {
+                    last_accepted: id.index,
+                    durable: id.index,
+                }),
+            );
         }
         self.maybe_apply();
     }

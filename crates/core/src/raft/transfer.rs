@@ -27,12 +27,19 @@ impl Raft {
         if !self.membership.effective().is_voter(to) {
             return self.respond(id, Err(ClientError::NotAVoter(to)));
         }
-        let Some(ls) = self.leader_state.as_mut() else { return };
+        let Some(ls) = self.leader_state.as_mut() else {
+            return;
+        };
         if ls.transfer.is_some() {
             return self.respond(id, Err(ClientError::TransferInProgress));
         }
         tracing::info!(node = self.id, to, "transferring leadership");
-        ls.transfer = Some(Transfer { to, id, elapsed: 0, sent: false });
+        ls.transfer = Some(Transfer {
+            to,
+            id,
+            elapsed: 0,
+            sent: false,
+        });
         // The target will campaign ignoring leader stickiness: our lease ends now.
         ls.lease_until = 0;
         self.maybe_send_timeout_now();
@@ -42,8 +49,12 @@ impl Raft {
     /// Sends TimeoutNow once the target's log is as up to date as ours.
     pub(crate) fn maybe_send_timeout_now(&mut self) {
         let last = self.log.last_index();
-        let Some(ls) = self.leader_state.as_mut() else { return };
-        let Some(t) = ls.transfer.as_mut() else { return };
+        let Some(ls) = self.leader_state.as_mut() else {
+            return;
+        };
+        let Some(t) = ls.transfer.as_mut() else {
+            return;
+        };
         if t.sent || ls.progress.get(&t.to).map_or(true, |p| p.matched < last) {
             return;
         }
@@ -54,11 +65,16 @@ impl Raft {
 
     pub(crate) fn tick_transfer(&mut self) {
         let limit = u64::from(self.cfg.election_ticks);
-        let Some(ls) = self.leader_state.as_mut() else { return };
-        let Some(t) = ls.transfer.as_mut() else { return };
+        let Some(ls) = self.leader_state.as_mut() else {
+            return;
+        };
+        let Some(t) = ls.transfer.as_mut() else {
+            return;
+        };
         t.elapsed += 1;
         if t.elapsed >= limit {
             let Some(t) = ls.transfer.take() else { return };
+            ls.lease_revoked |= t.sent;
             tracing::info!(node = self.id, to = t.to, "leader transfer timed out");
             self.respond(t.id, Err(ClientError::TransferTimedOut(t.to)));
         }

@@ -52,7 +52,13 @@ impl Checker {
         self.committed.len() as Index
     }
 
-    fn record_committed(&mut self, e: &Entry, who: NodeId, term: Term, what: &'static str) -> Result<(), Violation> {
+    fn record_committed(
+        &mut self,
+        e: &Entry,
+        who: NodeId,
+        term: Term,
+        what: &'static str,
+    ) -> Result<(), Violation> {
         let i = e.log_id.index as usize;
         if self.committed.len() < i {
             self.committed.resize(i, None);
@@ -74,13 +80,28 @@ impl Checker {
     pub fn on_restart(&mut self, id: NodeId) {
         let t = self.nodes.entry(id).or_default();
         let hs = t.durable_hs;
-        *t = NodeTrack { durable_hs: hs, ..NodeTrack::default() };
+        *t = NodeTrack {
+            durable_hs: hs,
+            ..NodeTrack::default()
+        };
     }
 
     /// State machine safety: an applied entry is the committed entry at its index, applied in order.
-    pub fn on_apply(&mut self, id: NodeId, term: Term, prev_applied: Index, e: &Entry) -> Result<(), Violation> {
+    pub fn on_apply(
+        &mut self,
+        id: NodeId,
+        term: Term,
+        prev_applied: Index,
+        e: &Entry,
+    ) -> Result<(), Violation> {
         if e.log_id.index != prev_applied + 1 {
-            return violation("apply order", format!("node {id} applied {} right after index {prev_applied}", e.log_id));
+            return violation(
+                "apply order",
+                format!(
+                    "node {id} applied {} right after index {prev_applied}",
+                    e.log_id
+                ),
+            );
         }
         self.record_committed(e, id, term, "state machine safety")
     }
@@ -94,13 +115,21 @@ impl Checker {
         if term < t.term || commit < t.commit || applied < t.applied {
             return violation(
                 "monotonic term/commit/applied",
-                format!("node {id}: term {} -> {term}, commit {} -> {commit}, applied {} -> {applied}", t.term, t.commit, t.applied),
+                format!(
+                    "node {id}: term {} -> {term}, commit {} -> {commit}, applied {} -> {applied}",
+                    t.term, t.commit, t.applied
+                ),
             );
         }
         let hs = disk.hard_state;
         let prev = t.durable_hs;
-        if hs.term < prev.term || (hs.term == prev.term && prev.vote.is_some() && hs.vote != prev.vote) {
-            return violation("monotonic durable term/vote", format!("node {id}: durable hard state went from {prev:?} to {hs:?}"));
+        if hs.term < prev.term
+            || (hs.term == prev.term && prev.vote.is_some() && hs.vote != prev.vote)
+        {
+            return violation(
+                "monotonic durable term/vote",
+                format!("node {id}: durable hard state went from {prev:?} to {hs:?}"),
+            );
         }
         // purged <= snapshot <= applied <= committed <= last
         let purged = raft.log_offset().index;
@@ -116,7 +145,10 @@ impl Checker {
         if raft.role() == Role::Leader {
             match self.leaders.get(&term) {
                 Some(other) if *other != id => {
-                    return violation("election safety", format!("nodes {other} and {id} are both leader in term {term}"))
+                    return violation(
+                        "election safety",
+                        format!("nodes {other} and {id} are both leader in term {term}"),
+                    )
                 }
                 Some(_) => {}
                 None => {
@@ -144,7 +176,11 @@ impl Checker {
 
     /// When a leader advances its commit index, the entry must be durable on a quorum of its
     /// configuration (§5.3, §5.4).
-    pub fn check_commit_quorum(&mut self, raft: &Raft, holds: &dyn Fn(NodeId, crate::types::LogId) -> bool) -> Result<(), Violation> {
+    pub fn check_commit_quorum(
+        &mut self,
+        raft: &Raft,
+        holds: &dyn Fn(NodeId, crate::types::LogId) -> bool,
+    ) -> Result<(), Violation> {
         let id = raft.id();
         let commit = raft.commit_index();
         if raft.role() != Role::Leader {
@@ -161,7 +197,11 @@ impl Checker {
             let log_id = e.log_id;
             let config = raft.membership();
             if !config.is_quorum(|n| holds(n, log_id)) {
-                let holders: Vec<NodeId> = config.members().into_iter().filter(|n| holds(*n, log_id)).collect();
+                let holders: Vec<NodeId> = config
+                    .members()
+                    .into_iter()
+                    .filter(|n| holds(*n, log_id))
+                    .collect();
                 return violation(
                     "committed entries are durable on a quorum",
                     format!("leader {id} committed {log_id} but only {holders:?} hold it durably ({config})"),
@@ -222,7 +262,15 @@ impl Checker {
                         if !agreed && ea.log_id.term == eb.log_id.term {
                             agreed = true;
                             if ea != eb {
-                                return violation("log matching", format!("nodes {} and {} have different entries with id {}", a.id(), b.id(), ea.log_id));
+                                return violation(
+                                    "log matching",
+                                    format!(
+                                        "nodes {} and {} have different entries with id {}",
+                                        a.id(),
+                                        b.id(),
+                                        ea.log_id
+                                    ),
+                                );
                             }
                         }
                     }

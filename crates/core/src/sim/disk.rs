@@ -62,6 +62,8 @@ pub struct SimDisk {
     /// Durable hard state.
     pub hard_state: HardState,
     pending_hs: Option<HardState>,
+    /// A hard state made durable but not yet reported to the protocol.
+    unreported_hs: Option<HardState>,
     /// Durable log.
     pub log: DurableLog,
     pending: Vec<Write>,
@@ -72,7 +74,13 @@ pub struct SimDisk {
 impl SimDisk {
     /// A founding member's disk: the bootstrap entry is durable.
     pub fn bootstrapped(first: Entry) -> Self {
-        Self { log: DurableLog { offset: LogId::default(), entries: vec![first] }, ..Self::default() }
+        Self {
+            log: DurableLog {
+                offset: LogId::default(),
+                entries: vec![first],
+            },
+            ..Self::default()
+        }
     }
 
     /// Queues a hard-state write.
@@ -95,17 +103,22 @@ impl SimDisk {
         self.pending_hs.is_some() || !self.pending.is_empty()
     }
 
-    /// fsync: everything queued becomes durable. Returns the hard state and last log id now
-    /// durable.
+    /// fsync: everything queued becomes durable. Returns the hard state made durable since
+    /// the last report, and the last durable log id.
     pub fn sync(&mut self) -> (Option<HardState>, LogId) {
+        self.flush();
+        (self.unreported_hs.take(), self.log.last())
+    }
+
+    /// Makes everything queued durable without reporting it (the next `sync` reports).
+    fn flush(&mut self) {
         for w in std::mem::take(&mut self.pending) {
             self.log.apply(&w);
         }
-        let hs = self.pending_hs.take();
-        if let Some(h) = hs {
+        if let Some(h) = self.pending_hs.take() {
             self.hard_state = h;
+            self.unreported_hs = Some(h);
         }
-        (hs, self.log.last())
     }
 
     /// Purges durable entries behind a durable snapshot (crash-safe either way).
@@ -113,12 +126,16 @@ impl SimDisk {
         self.log.purge(up_to);
     }
 
-    /// Stores a snapshot and resets or purges the log, durably.
+    /// Stores a snapshot and resets or purges the log, durably: queued writes are flushed
+    /// first (as a runtime's install fsyncs), and reported by the next `sync`.
     pub fn install_snapshot(&mut self, meta: SnapshotMeta, state: KvState, reset_log: bool) {
-        self.sync();
+        self.flush();
         let id = meta.last_log_id;
         if reset_log {
-            self.log = DurableLog { offset: id, entries: Vec::new() };
+            self.log = DurableLog {
+                offset: id,
+                entries: Vec::new(),
+            };
         } else {
             self.log.purge(id);
         }
@@ -153,7 +170,11 @@ impl SimDisk {
 
     /// True if `id` is durably stored (in the log or covered by the snapshot).
     pub fn holds(&self, id: LogId) -> bool {
-        if self.snapshot.as_ref().is_some_and(|(m, _)| m.last_log_id.index >= id.index) {
+        if self
+            .snapshot
+            .as_ref()
+            .is_some_and(|(m, _)| m.last_log_id.index >= id.index)
+        {
             return true;
         }
         self.log.get(id.index).is_some_and(|e| e.log_id == id)

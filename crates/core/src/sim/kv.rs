@@ -54,13 +54,24 @@ impl KvCommand {
 
     /// Decodes [`KvCommand::encode`]'s output; `None` for anything malformed.
     pub fn decode(data: &[u8]) -> Option<Self> {
-        let u64_at = |at: usize| data.get(at..at + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes);
+        let u64_at = |at: usize| {
+            data.get(at..at + 8)
+                .and_then(|s| s.try_into().ok())
+                .map(u64::from_le_bytes)
+        };
         match data.first()? {
-            0 if data.len() == 17 => Some(KvCommand::Put { key: u64_at(1)?, value: u64_at(9)? }),
+            0 if data.len() == 17 => Some(KvCommand::Put {
+                key: u64_at(1)?,
+                value: u64_at(9)?,
+            }),
             1 if data.len() == 26 => {
                 let has = *data.get(9)? == 1;
                 let exp = u64_at(10)?;
-                Some(KvCommand::Cas { key: u64_at(1)?, expected: has.then_some(exp), new: u64_at(18)? })
+                Some(KvCommand::Cas {
+                    key: u64_at(1)?,
+                    expected: has.then_some(exp),
+                    new: u64_at(18)?,
+                })
             }
             _ => None,
         }
@@ -93,7 +104,11 @@ impl KvState {
             }
             EntryPayload::Command { session, data } => {
                 let cmd = KvCommand::decode(data)?;
-                if let Some(ClientSession { client_id, sequence }) = session {
+                if let Some(ClientSession {
+                    client_id,
+                    sequence,
+                }) = session
+                {
                     if let Some((seq, ret)) = self.sessions.get(client_id) {
                         if sequence <= seq {
                             return (sequence == seq).then(|| ret.clone());
@@ -139,13 +154,31 @@ mod tests {
     fn cmd_entry(index: u64, client: u64, seq: u64, cmd: KvCommand) -> Entry {
         Entry {
             log_id: LogId::new(1, index),
-            payload: EntryPayload::Command { session: Some(ClientSession { client_id: client, sequence: seq }), data: cmd.encode() },
+            payload: EntryPayload::Command {
+                session: Some(ClientSession {
+                    client_id: client,
+                    sequence: seq,
+                }),
+                data: cmd.encode(),
+            },
         }
     }
 
     #[test]
     fn encoding_round_trips_and_rejects_garbage() {
-        for c in [KvCommand::Put { key: 1, value: 2 }, KvCommand::Cas { key: 3, expected: None, new: 4 }, KvCommand::Cas { key: 3, expected: Some(9), new: 4 }] {
+        for c in [
+            KvCommand::Put { key: 1, value: 2 },
+            KvCommand::Cas {
+                key: 3,
+                expected: None,
+                new: 4,
+            },
+            KvCommand::Cas {
+                key: 3,
+                expected: Some(9),
+                new: 4,
+            },
+        ] {
             assert_eq!(KvCommand::decode(&c.encode()), Some(c));
         }
         assert_eq!(KvCommand::decode(&[7, 1, 2]), None);
@@ -155,12 +188,25 @@ mod tests {
     #[test]
     fn a_retried_command_is_applied_once_and_answered_from_the_session() {
         let mut s = KvState::default();
-        let cas = KvCommand::Cas { key: 1, expected: None, new: 5 };
-        assert_eq!(s.apply(&cmd_entry(1, 7, 1, cas)), Some(KvRet::Swapped(true)));
+        let cas = KvCommand::Cas {
+            key: 1,
+            expected: None,
+            new: 5,
+        };
+        assert_eq!(
+            s.apply(&cmd_entry(1, 7, 1, cas)),
+            Some(KvRet::Swapped(true))
+        );
         // The same command again (a retry): same answer, no second effect.
-        assert_eq!(s.apply(&cmd_entry(2, 7, 1, cas)), Some(KvRet::Swapped(true)));
+        assert_eq!(
+            s.apply(&cmd_entry(2, 7, 1, cas)),
+            Some(KvRet::Swapped(true))
+        );
         assert_eq!(s.get(1), Some(5));
         // A different client's identical command is a new command.
-        assert_eq!(s.apply(&cmd_entry(3, 8, 1, cas)), Some(KvRet::Swapped(false)));
+        assert_eq!(
+            s.apply(&cmd_entry(3, 8, 1, cas)),
+            Some(KvRet::Swapped(false))
+        );
     }
 }

@@ -45,6 +45,9 @@ pub struct Faults {
     pub transfer: bool,
     /// Snapshots and log purges.
     pub snapshot: bool,
+    /// Probability that a newly elected leader crashes within 5 ms of its election, the
+    /// window in which it commits entries of earlier terms (Figure 8).
+    pub new_leader_crash: f64,
 }
 
 impl Faults {
@@ -61,6 +64,7 @@ impl Faults {
             membership: true,
             transfer: true,
             snapshot: true,
+            new_leader_crash: 0.1,
         }
     }
 
@@ -77,8 +81,21 @@ impl Faults {
             membership: false,
             transfer: false,
             snapshot: false,
+            new_leader_crash: 0.0,
         }
     }
+}
+
+/// A scripted fault schedule that replaces the random nemesis. The script picks its
+/// victims by observing roles; the seed still decides every delay and message fate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// The paper's Figure 8 (§5.4.2), repeated: a leader replicates entries to one follower
+    /// only and crashes; the next leader writes conflicting entries alone and crashes; the
+    /// first comes back, is re-elected, replicates its old-term entries to a majority and
+    /// crashes within milliseconds; the second comes back. A protocol that commits old-term
+    /// entries by counting replicas loses committed entries here.
+    Figure8,
 }
 
 /// Parameters of one simulation run.
@@ -106,11 +123,17 @@ pub struct SimConfig {
     pub max_sim_seconds: u64,
     /// Check log matching across all nodes every this many steps.
     pub log_matching_every: u64,
+    /// A scripted fault schedule instead of the random nemesis.
+    pub scenario: Option<Scenario>,
 }
 
 impl Default for SimConfig {
     fn default() -> Self {
-        let raft = RaftConfig { max_entries_per_msg: 64, purge_keep_entries: 16, ..RaftConfig::default() };
+        let raft = RaftConfig {
+            max_entries_per_msg: 64,
+            purge_keep_entries: 16,
+            ..RaftConfig::default()
+        };
         Self {
             initial_voters: 3,
             max_nodes: 7,
@@ -123,11 +146,27 @@ impl Default for SimConfig {
             raft,
             max_sim_seconds: 3600,
             log_matching_every: 500,
+            scenario: None,
         }
     }
 }
 
 impl SimConfig {
+    /// The scripted Figure 8 schedule on five voters, one entry per AppendEntries (so old
+    /// entries and the new leader's own entry travel separately).
+    pub fn figure8() -> Self {
+        let mut cfg = Self {
+            initial_voters: 5,
+            max_nodes: 5,
+            ops: 300,
+            scenario: Some(Scenario::Figure8),
+            ..Self::default()
+        };
+        cfg.faults.membership = false;
+        cfg.raft.max_entries_per_msg = 1;
+        cfg
+    }
+
     /// The same configuration with a deliberately broken protocol.
     pub fn with_bugs(mut self, bugs: Bugs) -> Self {
         self.raft.bugs = bugs;
@@ -200,17 +239,70 @@ pub struct SimFailure {
     pub check: &'static str,
     /// Details.
     pub detail: String,
+    /// The command that replays this run.
+    pub replay: String,
 }
 
 impl std::fmt::Display for SimFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "simulation seed {} failed check `{}` at step {} (t = {} us):", self.seed, self.check, self.step, self.sim_micros)?;
+        writeln!(
+            f,
+            "simulation seed {} failed check `{}` at step {} (t = {} us):",
+            self.seed, self.check, self.step, self.sim_micros
+        )?;
         writeln!(f, "{}", self.detail)?;
-        write!(f, "replay with: cargo xtask sim --seed {}", self.seed)
+        write!(f, "replay with: {}", self.replay)
     }
 }
 
 impl std::error::Error for SimFailure {}
+
+/// The `cargo xtask sim` command that reruns `seed` with `config` (options the runner
+/// understands; other differences from the default are named in a comment).
+pub fn replay_command(seed: u64, config: &SimConfig) -> String {
+    let d = SimConfig::default();
+    let mut cmd = format!("cargo xtask sim --seed {seed}");
+    let mut opt = |name: &str, v: u64, default: u64| {
+        if v != default {
+            cmd.push_str(&format!(" --{name} {v}"));
+        }
+    };
+    opt("ops", config.ops as u64, d.ops as u64);
+    opt(
+        "nemesis-ms",
+        config.nemesis_interval_ms,
+        d.nemesis_interval_ms,
+    );
+    opt(
+        "max-entries",
+        config.raft.max_entries_per_msg as u64,
+        d.raft.max_entries_per_msg as u64,
+    );
+    opt("clients", config.clients as u64, d.clients as u64);
+    opt("nodes", config.max_nodes as u64, d.max_nodes as u64);
+    opt(
+        "voters",
+        config.initial_voters as u64,
+        d.initial_voters as u64,
+    );
+    opt(
+        "new-leader-crash-pct",
+        (config.faults.new_leader_crash * 100.0).round() as u64,
+        (d.faults.new_leader_crash * 100.0).round() as u64,
+    );
+    if config.scenario == Some(Scenario::Figure8) {
+        cmd.push_str(" --scenario figure8");
+    }
+    if !config.faults.membership && d.faults.membership {
+        cmd.push_str(" --no-membership");
+    }
+    for name in BUG_NAMES {
+        if bug_by_name(name) == Some(config.raft.bugs) {
+            cmd.push_str(&format!(" --bug {name}"));
+        }
+    }
+    cmd
+}
 
 /// Runs one seed to completion.
 pub fn run(seed: u64, config: &SimConfig) -> Result<SimReport, SimFailure> {

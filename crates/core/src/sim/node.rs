@@ -13,7 +13,11 @@ use crate::types::{NodeId, RequestId, SnapshotMeta};
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Waiter {
     /// A client attempt; reads carry their key.
-    Client { client: usize, attempt: u64, read_key: Option<u64> },
+    Client {
+        client: usize,
+        attempt: u64,
+        read_key: Option<u64>,
+    },
     /// The nemesis' operator (membership change, transfer).
     Operator,
     /// The final liveness write.
@@ -69,7 +73,10 @@ impl SimNode {
             log_offset: self.disk.log.offset,
             entries: self.disk.log.entries.clone(),
         };
-        let cfg = RaftConfig { id: self.id, ..template.clone() };
+        let cfg = RaftConfig {
+            id: self.id,
+            ..template.clone()
+        };
         self.generation += 1;
         self.raft = Some(Raft::new(cfg, init, seed.wrapping_add(self.generation))?);
         self.kv = state;

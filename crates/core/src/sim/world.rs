@@ -25,19 +25,63 @@ const MAX_ATTEMPTS: u32 = 6;
 /// Something that happens at a simulated time.
 #[derive(Debug)]
 enum SimEvent {
-    Tick { node: usize, generation: u64, nominal: u64 },
-    Deliver { msg: Message, snapshot: Option<Box<(SnapshotMeta, KvState)>> },
-    Sync { node: usize, generation: u64 },
-    Request { node: usize, client: usize, attempt: u64 },
-    Reply { client: usize, attempt: u64, outcome: Outcome },
-    ClientTimeout { client: usize, attempt: u64 },
-    ClientNext { client: usize },
-    ClientRetry { client: usize, attempt: u64 },
+    Tick {
+        node: usize,
+        generation: u64,
+        nominal: u64,
+    },
+    Deliver {
+        msg: Message,
+        snapshot: Option<Box<(SnapshotMeta, KvState)>>,
+    },
+    Sync {
+        node: usize,
+        generation: u64,
+    },
+    Request {
+        node: usize,
+        client: usize,
+        attempt: u64,
+    },
+    Reply {
+        client: usize,
+        attempt: u64,
+        outcome: Outcome,
+    },
+    ClientTimeout {
+        client: usize,
+        attempt: u64,
+    },
+    ClientNext {
+        client: usize,
+    },
+    ClientRetry {
+        client: usize,
+        attempt: u64,
+    },
     Nemesis,
-    Restart { node: usize },
-    Unpause { node: usize },
+    Restart {
+        node: usize,
+    },
+    Crash {
+        node: usize,
+        generation: u64,
+    },
+    Unpause {
+        node: usize,
+    },
     Heal,
     Converge,
+    Script,
+}
+
+/// Progress through the scripted Figure 8 schedule.
+#[derive(Clone, Copy, Debug, Default)]
+struct Figure8 {
+    stage: u8,
+    first: usize,
+    second: usize,
+    since: u64,
 }
 
 /// What a client attempt learned.
@@ -119,6 +163,7 @@ pub struct World {
     report: SimReport,
     phase: Phase,
     liveness_done: bool,
+    figure8: Figure8,
 }
 
 type Step = Result<(), Violation>;
@@ -139,8 +184,19 @@ impl World {
                 SimNode::new(id, disk, rng.range(9_700, 10_300))
             })
             .collect();
-        let clients = (0..cfg.clients).map(|_| Client { leader_hint: None, sequence: 0, attempts: 0, active: None }).collect();
-        let net = Network { drop_rate: cfg.faults.drop_rate, duplicate_rate: cfg.faults.duplicate_rate, ..Network::default() };
+        let clients = (0..cfg.clients)
+            .map(|_| Client {
+                leader_hint: None,
+                sequence: 0,
+                attempts: 0,
+                active: None,
+            })
+            .collect();
+        let net = Network {
+            drop_rate: cfg.faults.drop_rate,
+            duplicate_rate: cfg.faults.duplicate_rate,
+            ..Network::default()
+        };
         Self {
             seed,
             rng,
@@ -155,21 +211,37 @@ impl World {
             failed_ops: BTreeSet::new(),
             invoked: 0,
             checker: Checker::default(),
-            report: SimReport { seed, ..SimReport::default() },
+            report: SimReport {
+                seed,
+                ..SimReport::default()
+            },
             phase: Phase::Running,
             liveness_done: false,
+            figure8: Figure8::default(),
             cfg,
         }
     }
 
     fn at(&mut self, delay: u64, ev: SimEvent) {
         self.seq += 1;
-        self.queue.push(Reverse(Scheduled { time: self.now + delay, seq: self.seq, ev }));
+        self.queue.push(Reverse(Scheduled {
+            time: self.now + delay,
+            seq: self.seq,
+            ev,
+        }));
     }
 
     fn fail(&self, v: Violation) -> SimFailure {
         let detail = format!("{}\ncluster state:\n{}", v.detail, self.dump());
-        SimFailure { seed: self.seed, step: self.steps, sim_micros: self.now, check: v.check, detail }
+        let replay = super::replay_command(self.seed, &self.cfg);
+        SimFailure {
+            seed: self.seed,
+            step: self.steps,
+            sim_micros: self.now,
+            check: v.check,
+            detail,
+            replay,
+        }
     }
 
     /// Runs to the end: the client workload, then healing, convergence and liveness.
@@ -181,8 +253,12 @@ impl World {
             let d = self.rng.range(0, 50 * MS);
             self.at(d, SimEvent::ClientNext { client: c });
         }
-        let d = self.nemesis_delay();
-        self.at(d, SimEvent::Nemesis);
+        if self.cfg.scenario.is_some() {
+            self.at(10 * MS, SimEvent::Script);
+        } else {
+            let d = self.nemesis_delay();
+            self.at(d, SimEvent::Nemesis);
+        }
         let limit = self.cfg.max_sim_seconds * 1_000_000;
         while let Some(Reverse(s)) = self.queue.pop() {
             self.now = s.time;
@@ -195,7 +271,13 @@ impl World {
                 break;
             }
             if self.now > limit {
-                let v = Violation { check: "progress", detail: format!("still running after {} simulated seconds", self.cfg.max_sim_seconds) };
+                let v = Violation {
+                    check: "progress",
+                    detail: format!(
+                        "still running after {} simulated seconds",
+                        self.cfg.max_sim_seconds
+                    ),
+                };
                 return Err(self.fail(v));
             }
         }
@@ -212,18 +294,32 @@ impl World {
         let seed = self.seed;
         let template = self.cfg.raft.clone();
         let node = &mut self.nodes[i];
-        node.boot(&template, seed).map_err(|e| Violation { check: "recovery", detail: format!("node {} failed to restart: {e}", node.id) })?;
+        node.boot(&template, seed).map_err(|e| Violation {
+            check: "recovery",
+            detail: format!("node {} failed to restart: {e}", node.id),
+        })?;
         let (generation, tick) = (node.generation, node.tick_micros);
         let id = node.id;
         self.checker.on_restart(id);
         let first = self.rng.range(0, tick);
-        self.at(first, SimEvent::Tick { node: i, generation, nominal: self.now + first });
+        self.at(
+            first,
+            SimEvent::Tick {
+                node: i,
+                generation,
+                nominal: self.now + first,
+            },
+        );
         Ok(())
     }
 
     fn handle(&mut self, ev: SimEvent) -> Step {
         match ev {
-            SimEvent::Tick { node, generation, nominal } => {
+            SimEvent::Tick {
+                node,
+                generation,
+                nominal,
+            } => {
                 let n = &mut self.nodes[node];
                 if n.generation != generation || !n.is_up() {
                     return Ok(());
@@ -234,14 +330,27 @@ impl World {
                     n.missed_ticks += 1;
                 }
                 let delay = next.saturating_sub(self.now);
-                self.at(delay, SimEvent::Tick { node, generation, nominal: next });
+                self.at(
+                    delay,
+                    SimEvent::Tick {
+                        node,
+                        generation,
+                        nominal: next,
+                    },
+                );
                 if !paused {
                     self.step_node(node, Event::Tick)?;
                 }
             }
             SimEvent::Deliver { msg, snapshot } => {
                 let i = (msg.to - 1) as usize;
-                if self.defer_if_paused(i, SimEvent::Deliver { msg: msg.clone(), snapshot: snapshot.clone() }) {
+                if self.defer_if_paused(
+                    i,
+                    SimEvent::Deliver {
+                        msg: msg.clone(),
+                        snapshot: snapshot.clone(),
+                    },
+                ) {
                     return Ok(());
                 }
                 if !self.nodes[i].is_up() || self.net.is_blocked(msg.from, msg.to) {
@@ -253,6 +362,9 @@ impl World {
                 self.step_node(i, Event::Message(msg))?;
             }
             SimEvent::Sync { node, generation } => {
+                if self.defer_if_paused(node, SimEvent::Sync { node, generation }) {
+                    return Ok(());
+                }
                 let n = &mut self.nodes[node];
                 if n.generation != generation || !n.is_up() {
                     return Ok(());
@@ -265,21 +377,50 @@ impl World {
                 }
                 self.sync_node(node)?;
             }
-            SimEvent::Request { node, client, attempt } => {
-                if self.defer_if_paused(node, SimEvent::Request { node, client, attempt }) {
+            SimEvent::Request {
+                node,
+                client,
+                attempt,
+            } => {
+                if self.defer_if_paused(
+                    node,
+                    SimEvent::Request {
+                        node,
+                        client,
+                        attempt,
+                    },
+                ) {
                     return Ok(());
                 }
                 self.request(node, client, attempt)?;
             }
-            SimEvent::Reply { client, attempt, outcome } => self.client_reply(client, attempt, outcome),
-            SimEvent::ClientTimeout { client, attempt } => self.client_reply(client, attempt, Outcome::Unknown),
+            SimEvent::Reply {
+                client,
+                attempt,
+                outcome,
+            } => self.client_reply(client, attempt, outcome),
+            SimEvent::ClientTimeout { client, attempt } => {
+                self.client_reply(client, attempt, Outcome::Unknown)
+            }
             SimEvent::ClientNext { client } => self.client_next(client),
             SimEvent::ClientRetry { client, attempt } => {
-                if self.clients[client].active.as_ref().is_some_and(|o| o.attempt == attempt) {
+                if self.clients[client]
+                    .active
+                    .as_ref()
+                    .is_some_and(|o| o.attempt == attempt)
+                {
                     self.client_attempt(client);
                 }
             }
             SimEvent::Nemesis => self.nemesis()?,
+            SimEvent::Crash { node, generation } => {
+                if self.phase == Phase::Running
+                    && self.nodes[node].generation == generation
+                    && self.nodes[node].is_up()
+                {
+                    self.crash(node);
+                }
+            }
             SimEvent::Restart { node } => {
                 if !self.nodes[node].is_up() {
                     self.boot(node)?;
@@ -302,6 +443,7 @@ impl World {
                 }
             }
             SimEvent::Converge => self.converge()?,
+            SimEvent::Script => self.figure8()?,
         }
         Ok(())
     }
@@ -319,7 +461,9 @@ impl World {
 
     /// Steps a node's protocol and executes every resulting action, then checks invariants.
     fn step_node(&mut self, i: usize, event: Event) -> Step {
-        let Some(raft) = self.nodes[i].raft.as_mut() else { return Ok(()) };
+        let Some(raft) = self.nodes[i].raft.as_mut() else {
+            return Ok(());
+        };
         raft.step(event);
         self.drain(i)?;
         self.check_node(i)
@@ -339,17 +483,36 @@ impl World {
 
     fn check_node(&mut self, i: usize) -> Step {
         let node = &self.nodes[i];
-        let Some(raft) = node.raft.as_ref() else { return Ok(()) };
+        let Some(raft) = node.raft.as_ref() else {
+            return Ok(());
+        };
+        let elections = self.checker.elections;
         self.checker.check_node(raft, &node.disk)?;
+        let generation = node.generation;
         let nodes = &self.nodes;
-        let holds = |id: NodeId, log_id: LogId| nodes.get((id - 1) as usize).is_some_and(|n| n.disk.holds(log_id));
+        let holds = |id: NodeId, log_id: LogId| {
+            nodes
+                .get((id - 1) as usize)
+                .is_some_and(|n| n.disk.holds(log_id))
+        };
         self.checker.check_commit_quorum(raft, &holds)?;
         self.report.commit_index = self.report.commit_index.max(raft.commit_index());
+        if self.checker.elections > elections && self.rng.chance(self.cfg.faults.new_leader_crash) {
+            let d = self.rng.range(0, 5 * MS);
+            self.at(
+                d,
+                SimEvent::Crash {
+                    node: i,
+                    generation,
+                },
+            );
+        }
         Ok(())
     }
 
     fn check_log_matching(&self) -> Step {
-        let rafts: Vec<&crate::raft::Raft> = self.nodes.iter().filter_map(|n| n.raft.as_ref()).collect();
+        let rafts: Vec<&crate::raft::Raft> =
+            self.nodes.iter().filter_map(|n| n.raft.as_ref()).collect();
         self.checker.check_log_matching(&rafts)
     }
 
@@ -358,7 +521,13 @@ impl World {
             self.nodes[i].sync_scheduled = true;
             let generation = self.nodes[i].generation;
             let d = self.rng.range(150, 1_200);
-            self.at(d, SimEvent::Sync { node: i, generation });
+            self.at(
+                d,
+                SimEvent::Sync {
+                    node: i,
+                    generation,
+                },
+            );
         }
     }
 
@@ -393,11 +562,17 @@ impl World {
                 for e in &entries {
                     let node = &mut self.nodes[i];
                     let term = node.raft.as_ref().map_or(0, |r| r.term());
-                    self.checker.on_apply(node.id, term, node.kv.applied.index, e)?;
+                    self.checker
+                        .on_apply(node.id, term, node.kv.applied.index, e)?;
                     let ret = node.kv.apply(e);
                     last = e.log_id.index;
-                    while let Some((idx, rid)) = waiters.next_if(|(idx, _)| *idx <= e.log_id.index) {
-                        let ret = if idx == e.log_id.index { ret.clone() } else { None };
+                    while let Some((idx, rid)) = waiters.next_if(|(idx, _)| *idx <= e.log_id.index)
+                    {
+                        let ret = if idx == e.log_id.index {
+                            ret.clone()
+                        } else {
+                            None
+                        };
                         self.answer(i, rid, ret.map_or(Outcome::Unknown, Outcome::Done));
                     }
                 }
@@ -409,14 +584,22 @@ impl World {
             }
             Action::InstallSnapshot { meta, reset_log } => {
                 let node = &mut self.nodes[i];
-                let Some((m, state)) = node.incoming_snapshot.take().filter(|(m, _)| *m == meta) else {
-                    return Err(Violation { check: "snapshot transfer", detail: format!("node {} asked to install {meta:?} without its data", node.id) });
+                let Some((m, state)) = node.incoming_snapshot.take().filter(|(m, _)| *m == meta)
+                else {
+                    return Err(Violation {
+                        check: "snapshot transfer",
+                        detail: format!(
+                            "node {} asked to install {meta:?} without its data",
+                            node.id
+                        ),
+                    });
                 };
-                self.sync_node(i)?;
                 let node = &mut self.nodes[i];
                 node.kv = state.clone();
                 node.disk.install_snapshot(m, state, reset_log);
                 self.report.snapshot_installs += 1;
+                self.schedule_sync(i);
+                let node = &mut self.nodes[i];
                 if let Some(r) = node.raft.as_mut() {
                     r.step(Event::SnapshotInstalled(meta));
                 }
@@ -425,10 +608,18 @@ impl World {
                 for rid in ids {
                     let node = &self.nodes[i];
                     if node.kv.applied.index < index {
-                        return Err(Violation { check: "read index", detail: format!("node {} served a read at {index} with only {} applied", node.id, node.kv.applied.index) });
+                        return Err(Violation {
+                            check: "read index",
+                            detail: format!(
+                                "node {} served a read at {index} with only {} applied",
+                                node.id, node.kv.applied.index
+                            ),
+                        });
                     }
                     let key = match node.waiters.get(&rid) {
-                        Some(Waiter::Client { read_key: Some(k), .. }) => *k,
+                        Some(Waiter::Client {
+                            read_key: Some(k), ..
+                        }) => *k,
                         _ => continue,
                     };
                     let value = node.kv.get(key);
@@ -439,13 +630,17 @@ impl World {
                 let out = match outcome {
                     Ok(reply) => {
                         match reply {
-                            crate::event::Reply::MembershipChanged(_) => self.report.membership_changes += 1,
+                            crate::event::Reply::MembershipChanged(_) => {
+                                self.report.membership_changes += 1
+                            }
                             crate::event::Reply::LeaderTransferred(_) => self.report.transfers += 1,
                         }
                         Outcome::Done(KvRet::Ok)
                     }
                     Err(ClientError::NotLeader { leader }) => Outcome::Refused(leader),
-                    Err(ClientError::TransferInProgress | ClientError::MembershipChangeInProgress) => Outcome::Refused(None),
+                    Err(
+                        ClientError::TransferInProgress | ClientError::MembershipChangeInProgress,
+                    ) => Outcome::Refused(None),
                     Err(_) => Outcome::Unknown,
                 };
                 self.answer(i, id, out);
@@ -456,23 +651,40 @@ impl World {
 
     fn send(&mut self, i: usize, msg: Message) {
         let snapshot = match msg.body {
-            MessageBody::InstallSnapshot { .. } => self.nodes[i].disk.snapshot.clone().map(Box::new),
+            MessageBody::InstallSnapshot { .. } => {
+                self.nodes[i].disk.snapshot.clone().map(Box::new)
+            }
             _ => None,
         };
         if msg.to == 0 || msg.to as usize > self.nodes.len() {
             return;
         }
         for delay in self.net.plan(&mut self.rng, msg.from, msg.to) {
-            self.at(delay, SimEvent::Deliver { msg: msg.clone(), snapshot: snapshot.clone() });
+            self.at(
+                delay,
+                SimEvent::Deliver {
+                    msg: msg.clone(),
+                    snapshot: snapshot.clone(),
+                },
+            );
         }
     }
 
     /// Routes an answer to whoever waits for request `rid` on node `i`.
     fn answer(&mut self, i: usize, rid: u64, outcome: Outcome) {
         match self.nodes[i].waiters.remove(&rid) {
-            Some(Waiter::Client { client, attempt, .. }) => {
+            Some(Waiter::Client {
+                client, attempt, ..
+            }) => {
                 let d = Network::delay(&mut self.rng);
-                self.at(d, SimEvent::Reply { client, attempt, outcome });
+                self.at(
+                    d,
+                    SimEvent::Reply {
+                        client,
+                        attempt,
+                        outcome,
+                    },
+                );
             }
             Some(Waiter::Liveness) => {
                 if matches!(outcome, Outcome::Done(_)) {
@@ -484,6 +696,11 @@ impl World {
     }
 
     fn crash(&mut self, i: usize) {
+        let d = self.rng.range(20 * MS, 400 * MS);
+        self.crash_with_restart(i, d);
+    }
+
+    fn crash_with_restart(&mut self, i: usize, restart_after: u64) {
         let torn = self.cfg.faults.torn_writes;
         let node = &mut self.nodes[i];
         node.disk.crash(&mut self.rng, torn);
@@ -493,8 +710,7 @@ impl World {
         node.incoming_snapshot = None;
         node.paused_until = 0;
         self.report.crashes += 1;
-        let d = self.rng.range(20 * MS, 400 * MS);
-        self.at(d, SimEvent::Restart { node: i });
+        self.at(restart_after, SimEvent::Restart { node: i });
     }
 
     // ---- clients -------------------------------------------------------------------------
@@ -518,45 +734,87 @@ impl World {
                     0 => None,
                     _ => self.latest_value_seen(key),
                 };
-                KvOp::Cas { key, expected, new: value }
+                KvOp::Cas {
+                    key,
+                    expected,
+                    new: value,
+                }
             }
         };
         let client = &mut self.clients[c];
         client.sequence += 1;
         client.attempts += 1;
         let attempt = client.attempts;
-        let session = ClientSession { client_id: c as u64 + 1, sequence: client.sequence };
-        self.history.push(HistoryOp { client: c as u64, invoke: self.now, complete: None, op: op.clone(), ret: None });
+        let session = ClientSession {
+            client_id: c as u64 + 1,
+            sequence: client.sequence,
+        };
+        self.history.push(HistoryOp {
+            client: c as u64,
+            invoke: self.now,
+            complete: None,
+            op: op.clone(),
+            ret: None,
+        });
         let lease = self.rng.chance(self.cfg.lease_read_fraction);
-        self.clients[c].active = Some(ActiveOp { op, history: self.history.len() - 1, session, attempt, attempts: 0, maybe_applied: false, lease });
+        self.clients[c].active = Some(ActiveOp {
+            op,
+            history: self.history.len() - 1,
+            session,
+            attempt,
+            attempts: 0,
+            maybe_applied: false,
+            lease,
+        });
         self.client_attempt(c);
     }
 
     /// A recent value of `key` from the history, so compare-and-swaps sometimes succeed.
     fn latest_value_seen(&self, key: u64) -> Option<u64> {
-        self.history.iter().rev().find_map(|h| match (&h.op, &h.ret) {
-            (KvOp::Put { key: k, value }, Some(_)) if *k == key => Some(*value),
-            (KvOp::Get { key: k }, Some(KvRet::Value(v))) if *k == key => *v,
-            _ => None,
-        })
+        self.history
+            .iter()
+            .rev()
+            .find_map(|h| match (&h.op, &h.ret) {
+                (KvOp::Put { key: k, value }, Some(_)) if *k == key => Some(*value),
+                (KvOp::Get { key: k }, Some(KvRet::Value(v))) if *k == key => *v,
+                _ => None,
+            })
     }
 
     fn client_attempt(&mut self, c: usize) {
         let n = self.nodes.len() as u64;
         let random = self.rng.range(1, n + 1);
         let client = &mut self.clients[c];
-        let Some(op) = client.active.as_mut() else { return };
+        let Some(op) = client.active.as_mut() else {
+            return;
+        };
         op.attempts += 1;
         let attempt = op.attempt;
         let target = client.leader_hint.take().unwrap_or(random);
         let d = Network::delay(&mut self.rng);
-        self.at(d, SimEvent::Request { node: (target - 1) as usize, client: c, attempt });
-        self.at(CLIENT_TIMEOUT, SimEvent::ClientTimeout { client: c, attempt });
+        self.at(
+            d,
+            SimEvent::Request {
+                node: (target - 1) as usize,
+                client: c,
+                attempt,
+            },
+        );
+        self.at(
+            CLIENT_TIMEOUT,
+            SimEvent::ClientTimeout { client: c, attempt },
+        );
     }
 
     /// A client request reaches node `i`.
     fn request(&mut self, i: usize, c: usize, attempt: u64) -> Step {
-        let Some(op) = self.clients[c].active.as_ref().filter(|o| o.attempt == attempt) else { return Ok(()) };
+        let Some(op) = self.clients[c]
+            .active
+            .as_ref()
+            .filter(|o| o.attempt == attempt)
+        else {
+            return Ok(());
+        };
         if !self.nodes[i].is_up() {
             return Ok(());
         }
@@ -565,23 +823,42 @@ impl World {
             KvOp::Get { key } => Some(key),
             _ => None,
         };
-        let rid = self.nodes[i].register(Waiter::Client { client: c, attempt, read_key });
+        let rid = self.nodes[i].register(Waiter::Client {
+            client: c,
+            attempt,
+            read_key,
+        });
         let event = match kv_op {
             KvOp::Get { .. } => {
-                let consistency = if lease { ReadConsistency::Lease } else { ReadConsistency::Linearizable };
-                Event::Read { id: rid, consistency }
+                let consistency = if lease {
+                    ReadConsistency::Lease
+                } else {
+                    ReadConsistency::Linearizable
+                };
+                Event::Read {
+                    id: rid,
+                    consistency,
+                }
             }
-            KvOp::Put { key, value } => Event::Propose(vec![Proposal { id: rid, session: Some(session), data: KvCommand::Put { key, value }.encode() }]),
-            KvOp::Cas { key, expected, new } => {
-                Event::Propose(vec![Proposal { id: rid, session: Some(session), data: KvCommand::Cas { key, expected, new }.encode() }])
-            }
+            KvOp::Put { key, value } => Event::Propose(vec![Proposal {
+                id: rid,
+                session: Some(session),
+                data: KvCommand::Put { key, value }.encode(),
+            }]),
+            KvOp::Cas { key, expected, new } => Event::Propose(vec![Proposal {
+                id: rid,
+                session: Some(session),
+                data: KvCommand::Cas { key, expected, new }.encode(),
+            }]),
         };
         self.step_node(i, event)
     }
 
     fn client_reply(&mut self, c: usize, attempt: u64, outcome: Outcome) {
         let client = &mut self.clients[c];
-        let Some(op) = client.active.as_mut().filter(|o| o.attempt == attempt) else { return };
+        let Some(op) = client.active.as_mut().filter(|o| o.attempt == attempt) else {
+            return;
+        };
         let is_read = matches!(op.op, KvOp::Get { .. });
         let finished = match outcome {
             Outcome::Done(ret) => {
@@ -599,7 +876,9 @@ impl World {
             }
         };
         if finished {
-            let Some(op) = client.active.take() else { return };
+            let Some(op) = client.active.take() else {
+                return;
+            };
             if self.history[op.history].complete.is_none() {
                 if op.maybe_applied {
                     self.report.ops_unknown += 1;
@@ -631,14 +910,21 @@ impl World {
     }
 
     fn up_nodes(&self) -> Vec<usize> {
-        (0..self.nodes.len()).filter(|i| self.nodes[*i].is_up()).collect()
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].is_up())
+            .collect()
     }
 
     /// The up node that is leader in the highest term, if any.
     fn leader(&self) -> Option<usize> {
         self.up_nodes()
             .into_iter()
-            .filter(|i| self.nodes[*i].raft.as_ref().is_some_and(|r| r.role() == Role::Leader))
+            .filter(|i| {
+                self.nodes[*i]
+                    .raft
+                    .as_ref()
+                    .is_some_and(|r| r.role() == Role::Leader)
+            })
             .max_by_key(|i| self.nodes[*i].raft.as_ref().map_or(0, |r| r.term()))
     }
 
@@ -650,13 +936,25 @@ impl World {
         let d = self.nemesis_delay();
         self.at(d, SimEvent::Nemesis);
         let f = self.cfg.faults.clone();
-        let kinds: Vec<u8> = [(f.crash, 0), (f.fsync_failure, 1), (f.pause, 2), (f.partition, 3), (f.membership, 4), (f.transfer, 5), (f.snapshot, 6)]
-            .into_iter()
-            .filter_map(|(on, k)| on.then_some(k))
-            .collect();
-        let Some(&kind) = self.rng.pick(&kinds) else { return Ok(()) };
+        let kinds: Vec<u8> = [
+            (f.crash, 0),
+            (f.fsync_failure, 1),
+            (f.pause, 2),
+            (f.partition, 3),
+            (f.membership, 4),
+            (f.transfer, 5),
+            (f.snapshot, 6),
+        ]
+        .into_iter()
+        .filter_map(|(on, k)| on.then_some(k))
+        .collect();
+        let Some(&kind) = self.rng.pick(&kinds) else {
+            return Ok(());
+        };
         let up = self.up_nodes();
-        let Some(&random) = self.rng.pick(&up) else { return Ok(()) };
+        let Some(&random) = self.rng.pick(&up) else {
+            return Ok(());
+        };
         // Half of the faults target the leader: leader changes are where Raft is subtle.
         let victim = match self.leader() {
             Some(l) if self.rng.chance(0.5) => l,
@@ -678,11 +976,18 @@ impl World {
                 let all: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
                 if self.rng.chance(0.5) {
                     let leader_id = self.nodes[victim].id;
-                    let side: BTreeSet<NodeId> = all.iter().copied().filter(|id| *id == leader_id || self.rng.chance(0.3)).collect();
+                    let side: BTreeSet<NodeId> = all
+                        .iter()
+                        .copied()
+                        .filter(|id| *id == leader_id || self.rng.chance(0.3))
+                        .collect();
                     self.net.split(&side, &all);
                 } else {
                     for _ in 0..self.rng.range(1, 4) {
-                        let (a, b) = (self.rng.range(1, all.len() as u64 + 1), self.rng.range(1, all.len() as u64 + 1));
+                        let (a, b) = (
+                            self.rng.range(1, all.len() as u64 + 1),
+                            self.rng.range(1, all.len() as u64 + 1),
+                        );
                         if a != b {
                             self.net.block(a, b);
                         }
@@ -694,7 +999,9 @@ impl World {
             4 => self.change_membership()?,
             5 => {
                 if let Some(l) = self.leader() {
-                    let voters: Vec<NodeId> = self.nodes[l].raft.as_ref().map_or(Vec::new(), |r| r.membership().voters.iter().copied().collect());
+                    let voters: Vec<NodeId> = self.nodes[l].raft.as_ref().map_or(Vec::new(), |r| {
+                        r.membership().voters.iter().copied().collect()
+                    });
                     if let Some(&to) = self.rng.pick(&voters) {
                         let id = self.nodes[l].register(Waiter::Operator);
                         self.step_node(l, Event::TransferLeader { id, to })?;
@@ -706,11 +1013,132 @@ impl World {
         Ok(())
     }
 
-    fn change_membership(&mut self) -> Step {
-        let Some(l) = self.leader() else { return Ok(()) };
-        let Some(config) = self.nodes[l].raft.as_ref().map(|r| r.membership().clone()) else { return Ok(()) };
+    /// One step of the scripted Figure 8 schedule; reschedules itself.
+    fn figure8(&mut self) -> Step {
+        if self.phase != Phase::Running {
+            return Ok(());
+        }
+        let d = self.rng.range(2 * MS, 12 * MS);
+        self.at(d, SimEvent::Script);
         let all: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
-        let outside: Vec<NodeId> = all.iter().copied().filter(|id| !config.contains(*id)).collect();
+        let f = self.figure8;
+        let waited = self.now - f.since;
+        let mut next = f;
+        match f.stage {
+            // (a) A leader keeps writing, but reaches only one follower.
+            0 => {
+                let Some(l) = self.leader() else {
+                    return Ok(());
+                };
+                let up: Vec<usize> = self.up_nodes().into_iter().filter(|i| *i != l).collect();
+                let Some(&follower) = self.rng.pick(&up) else {
+                    return Ok(());
+                };
+                self.net.heal();
+                self.net
+                    .split(&[self.nodes[l].id, self.nodes[follower].id].into(), &all);
+                next = Figure8 {
+                    stage: 1,
+                    first: l,
+                    second: 0,
+                    since: self.now,
+                };
+            }
+            // (b) It crashes; the others elect a new leader, which is cut off at once.
+            1 if waited > self.rng.range(10 * MS, 60 * MS) => {
+                self.crash_for(f.first, 10_000 * MS);
+                next.stage = 2;
+                next.since = self.now;
+            }
+            2 => match self.leader() {
+                Some(m) if m != f.first => {
+                    self.net.heal();
+                    let others: BTreeSet<NodeId> = all
+                        .iter()
+                        .copied()
+                        .filter(|id| *id != self.nodes[m].id)
+                        .collect();
+                    self.net.split(&others, &all);
+                    next = Figure8 {
+                        stage: 3,
+                        second: m,
+                        since: self.now,
+                        ..f
+                    };
+                }
+                _ if waited > 2_000 * MS => next = Figure8::default(),
+                _ => {}
+            },
+            // (c) The second leader wrote alone; it crashes, the first comes back.
+            3 if waited > self.rng.range(5 * MS, 40 * MS) => {
+                self.crash_for(f.second, 10_000 * MS);
+                self.net.heal();
+                if !self.nodes[f.first].is_up() {
+                    self.boot(f.first)?;
+                }
+                next.stage = 4;
+                next.since = self.now;
+            }
+            // (d) If the first is re-elected, it dies within milliseconds; then the second returns.
+            4 => match self.leader() {
+                Some(l) if l == f.first => {
+                    let d = self.rng.range(0, 4 * MS);
+                    let generation = self.nodes[l].generation;
+                    self.at(
+                        d,
+                        SimEvent::Crash {
+                            node: l,
+                            generation,
+                        },
+                    );
+                    next.stage = 5;
+                    next.since = self.now;
+                }
+                Some(_) => next = Figure8::default(),
+                None if waited > 2_000 * MS => next = Figure8::default(),
+                None => {}
+            },
+            5 if waited > 5 * MS => {
+                if !self.nodes[f.second].is_up() {
+                    self.boot(f.second)?;
+                }
+                next.stage = 6;
+                next.since = self.now;
+            }
+            6 if waited > 300 * MS => {
+                for i in 0..self.nodes.len() {
+                    if !self.nodes[i].is_up() {
+                        self.boot(i)?;
+                    }
+                }
+                next = Figure8::default();
+            }
+            _ => {}
+        }
+        self.figure8 = next;
+        Ok(())
+    }
+
+    /// Crashes a node; it stays down (the script restarts it) unless `max_down` passes.
+    fn crash_for(&mut self, i: usize, max_down: u64) {
+        if self.nodes[i].is_up() {
+            self.crash_with_restart(i, max_down);
+        }
+    }
+
+    fn change_membership(&mut self) -> Step {
+        let Some(l) = self.leader() else {
+            return Ok(());
+        };
+        let Some(config) = self.nodes[l].raft.as_ref().map(|r| r.membership().clone()) else {
+            return Ok(());
+        };
+        let all: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
+        let outside: Vec<NodeId> = all
+            .iter()
+            .copied()
+            .filter(|id| !config.contains(*id))
+            .collect();
         let learners: Vec<NodeId> = config.learners.iter().copied().collect();
         let voters: Vec<NodeId> = config.voters.iter().copied().collect();
         let change = match self.rng.range(0, 10) {
@@ -729,11 +1157,15 @@ impl World {
                 None => return Ok(()),
             },
             6..=7 => match self.rng.pick(&learners) {
-                Some(&id) => MembershipChange::SetVoters(config.voters.iter().copied().chain([id]).collect()),
+                Some(&id) => {
+                    MembershipChange::SetVoters(config.voters.iter().copied().chain([id]).collect())
+                }
                 None => return Ok(()),
             },
             _ => match self.rng.pick(&voters) {
-                Some(&id) if voters.len() > 1 => MembershipChange::SetVoters(config.voters.iter().copied().filter(|v| *v != id).collect()),
+                Some(&id) if voters.len() > 1 => MembershipChange::SetVoters(
+                    config.voters.iter().copied().filter(|v| *v != id).collect(),
+                ),
                 _ => return Ok(()),
             },
         };
@@ -745,8 +1177,15 @@ impl World {
     /// protocol can purge its log.
     fn take_snapshot(&mut self, i: usize) -> Step {
         let node = &mut self.nodes[i];
-        let meta = SnapshotMeta { last_log_id: node.kv.applied, membership: node.kv.membership.clone() };
-        let current = node.disk.snapshot.as_ref().map_or(0, |(m, _)| m.last_log_id.index);
+        let meta = SnapshotMeta {
+            last_log_id: node.kv.applied,
+            membership: node.kv.membership.clone(),
+        };
+        let current = node
+            .disk
+            .snapshot
+            .as_ref()
+            .map_or(0, |(m, _)| m.last_log_id.index);
         if meta.last_log_id.index <= current {
             return Ok(());
         }
@@ -780,7 +1219,9 @@ impl World {
     /// One leader, and every member has the leader's log, commit, applied state and data.
     fn converged(&self) -> bool {
         let Some(l) = self.leader() else { return false };
-        let Some(leader) = self.nodes[l].raft.as_ref() else { return false };
+        let Some(leader) = self.nodes[l].raft.as_ref() else {
+            return false;
+        };
         let config = leader.membership();
         if config.is_joint() || leader.commit_index() != leader.last_log_id().index {
             return false;
@@ -804,7 +1245,10 @@ impl World {
                     self.phase = Phase::Liveness { since: self.now };
                     self.liveness_write()?;
                 } else if self.now - since > 60_000 * MS {
-                    return Err(Violation { check: "convergence", detail: format!("no convergence 60 s after healing:\n{}", self.dump()) });
+                    return Err(Violation {
+                        check: "convergence",
+                        detail: format!("no convergence 60 s after healing:\n{}", self.dump()),
+                    });
                 }
             }
             Phase::Liveness { since } => {
@@ -812,15 +1256,31 @@ impl World {
                     if !self.converged() {
                         // Let followers apply the liveness write too.
                         if self.now - since > 30_000 * MS {
-                            return Err(Violation { check: "convergence", detail: format!("diverged after the liveness write:\n{}", self.dump()) });
+                            return Err(Violation {
+                                check: "convergence",
+                                detail: format!(
+                                    "diverged after the liveness write:\n{}",
+                                    self.dump()
+                                ),
+                            });
                         }
                     } else {
                         self.phase = Phase::Done;
                         return Ok(());
                     }
                 } else if self.now - since > 30_000 * MS {
-                    return Err(Violation { check: "liveness", detail: format!("a new write did not commit within 30 s after healing:\n{}", self.dump()) });
-                } else if !self.nodes.iter().any(|n| n.waiters.values().any(|w| matches!(w, Waiter::Liveness))) {
+                    return Err(Violation {
+                        check: "liveness",
+                        detail: format!(
+                            "a new write did not commit within 30 s after healing:\n{}",
+                            self.dump()
+                        ),
+                    });
+                } else if !self
+                    .nodes
+                    .iter()
+                    .any(|n| n.waiters.values().any(|w| matches!(w, Waiter::Liveness)))
+                {
                     self.liveness_write()?;
                 }
             }
@@ -831,10 +1291,23 @@ impl World {
     }
 
     fn liveness_write(&mut self) -> Step {
-        let Some(l) = self.leader() else { return Ok(()) };
+        let Some(l) = self.leader() else {
+            return Ok(());
+        };
         let id = self.nodes[l].register(Waiter::Liveness);
-        let data = KvCommand::Put { key: self.cfg.keys + 1, value: 1 }.encode();
-        self.step_node(l, Event::Propose(vec![Proposal { id, session: None, data }]))
+        let data = KvCommand::Put {
+            key: self.cfg.keys + 1,
+            value: 1,
+        }
+        .encode();
+        self.step_node(
+            l,
+            Event::Propose(vec![Proposal {
+                id,
+                session: None,
+                data,
+            }]),
+        )
     }
 
     fn dump(&self) -> String {
@@ -854,7 +1327,10 @@ impl World {
             let snap = n.disk.snapshot.as_ref().map(|(m, _)| m.last_log_id);
             out.push_str(&format!(
                 "          disk: hard state {:?}, log ({}, {}], snapshot {:?}\n",
-                n.disk.hard_state, n.disk.log.offset, n.disk.log.last(), snap
+                n.disk.hard_state,
+                n.disk.log.offset,
+                n.disk.log.last(),
+                snap
             ));
         }
         out
@@ -865,9 +1341,15 @@ impl World {
             .history
             .iter()
             .enumerate()
-            .filter(|(i, h)| !self.failed_ops.contains(i) && !(h.complete.is_none() && matches!(h.op, KvOp::Get { .. })))
+            .filter(|(i, h)| {
+                !self.failed_ops.contains(i)
+                    && !(h.complete.is_none() && matches!(h.op, KvOp::Get { .. }))
+            })
             .map(|(_, h)| h.clone())
             .collect();
-        check_kv_history(&ops).map_err(|e| Violation { check: "linearizability", detail: e.to_string() })
+        check_kv_history(&ops).map_err(|e| Violation {
+            check: "linearizability",
+            detail: e.to_string(),
+        })
     }
 }

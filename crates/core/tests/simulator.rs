@@ -1,0 +1,128 @@
+//! The simulator end to end: many seeds pass, runs replay bit for bit, and deliberately
+//! broken protocol variants are caught within a stated number of seeds.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use lockstep_core::config::Bugs;
+use lockstep_core::sim::{self, SimConfig};
+
+/// Runs seeds `0..limit` on two threads until one fails; returns the failing seed found first.
+fn hunt(cfg: &SimConfig, limit: u64) -> Option<(u64, &'static str)> {
+    let next = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let (next, stop, cfg) = (next.clone(), stop.clone(), cfg.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= limit {
+                        return None;
+                    }
+                    if let Err(f) = sim::run(seed, &cfg) {
+                        stop.store(true, Ordering::Relaxed);
+                        return Some((seed, f.check));
+                    }
+                }
+                None
+            })
+        })
+        .collect();
+    workers
+        .into_iter()
+        .filter_map(|w| w.join().ok().flatten())
+        .min()
+}
+
+/// A harsher profile: faults every ~30 ms, one entry per message, short runs.
+fn harsh() -> SimConfig {
+    let mut cfg = SimConfig {
+        nemesis_interval_ms: 30,
+        ops: 100,
+        ..SimConfig::default()
+    };
+    cfg.raft.max_entries_per_msg = 1;
+    cfg
+}
+
+#[test]
+fn correct_protocol_passes_many_seeds_with_every_fault_kind() {
+    assert_eq!(hunt(&SimConfig::default(), 60), None);
+    assert_eq!(hunt(&harsh(), 200), None);
+    assert_eq!(hunt(&SimConfig::figure8(), 100), None);
+}
+
+#[test]
+fn catches_committing_old_term_entries_by_counting_replicas_figure_8_within_100_seeds() {
+    let cfg = SimConfig::figure8().with_bugs(Bugs {
+        commit_old_term_by_count: true,
+        ..Bugs::default()
+    });
+    assert!(hunt(&cfg, 100).is_some());
+}
+
+#[test]
+fn a_seed_replays_bit_for_bit() {
+    let cfg = SimConfig {
+        ops: 300,
+        ..SimConfig::default()
+    };
+    let a = sim::run(11, &cfg).unwrap();
+    let b = sim::run(11, &cfg).unwrap();
+    assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    assert!(
+        a.ops_ok > 0 && a.elections > 0 && a.crashes > 0,
+        "the run exercised faults: {a:?}"
+    );
+}
+
+#[test]
+fn a_failure_names_its_seed_and_replay_command() {
+    let cfg = SimConfig::default().with_bugs(Bugs {
+        ack_before_durable: true,
+        ..Bugs::default()
+    });
+    let f = sim::run(0, &cfg).unwrap_err();
+    let text = f.to_string();
+    assert!(
+        text.contains("seed 0") && text.contains("cargo xtask sim --seed 0"),
+        "{text}"
+    );
+}
+
+#[test]
+fn catches_acknowledging_entries_before_they_are_durable_within_10_seeds() {
+    let cfg = SimConfig::default().with_bugs(Bugs {
+        ack_before_durable: true,
+        ..Bugs::default()
+    });
+    assert!(hunt(&cfg, 10).is_some());
+}
+
+#[test]
+fn catches_membership_changes_without_joint_consensus_within_200_seeds() {
+    let cfg = SimConfig::default().with_bugs(Bugs {
+        unsafe_membership_changes: true,
+        ..Bugs::default()
+    });
+    assert!(hunt(&cfg, 200).is_some());
+}
+
+#[test]
+fn catches_replying_to_a_vote_before_it_is_durable_within_200_seeds() {
+    let cfg = harsh().with_bugs(Bugs {
+        vote_before_durable: true,
+        ..Bugs::default()
+    });
+    assert!(hunt(&cfg, 200).is_some());
+}
+
+#[test]
+fn catches_read_index_without_a_heartbeat_round_within_2000_seeds() {
+    let cfg = SimConfig::default().with_bugs(Bugs {
+        read_index_without_heartbeat: true,
+        ..Bugs::default()
+    });
+    assert!(hunt(&cfg, 2000).is_some());
+}
