@@ -118,9 +118,9 @@ impl Raft {
             self.on_snapshot_send_failed(id);
         }
         if check {
-            self.leader_state
-                .as_mut()
-                .map(|ls| ls.check_quorum_elapsed = 0);
+            if let Some(ls) = self.leader_state.as_mut() {
+                ls.check_quorum_elapsed = 0;
+            }
             if self.cfg.check_quorum && !self.quorum_active() {
                 tracing::info!(
                     node = self.id,

@@ -1,0 +1,89 @@
+//! reads (thesis §6.4, §6.4.1)
+
+use super::*;
+
+#[test]
+fn read_index_waits_for_a_heartbeat_quorum_thesis_6_4() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    net.deliver();
+    net.queue.clear();
+    let rid = net.request(1, |id| Event::Read {
+        id,
+        consistency: ReadConsistency::Linearizable,
+    });
+    assert!(!net.read_ready(rid), "not before leadership is confirmed");
+    net.deliver();
+    assert!(net.read_ready(rid));
+}
+
+#[test]
+fn partitioned_leader_never_answers_a_linearizable_read_thesis_6_4() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    net.isolated.insert(1);
+    let rid = net.request(1, |id| Event::Read {
+        id,
+        consistency: ReadConsistency::Linearizable,
+    });
+    net.tick(1, 30);
+    net.deliver();
+    assert!(!net.read_ready(rid));
+    assert!(
+        matches!(net.responses(rid)[..], [Err(ClientError::NotLeader { .. })]),
+        "the read fails when the leader steps down"
+    );
+}
+
+#[test]
+fn reads_wait_for_the_leaders_first_commit_in_its_term_thesis_6_4() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.hold_sync.extend([2, 3]);
+    net.elect(1);
+    net.deliver();
+    let rid = net.request(1, |id| Event::Read {
+        id,
+        consistency: ReadConsistency::Linearizable,
+    });
+    net.deliver();
+    assert!(
+        !net.read_ready(rid),
+        "the blank entry of the new term is not committed yet"
+    );
+    net.sync(2);
+    net.deliver();
+    assert!(net.read_ready(rid));
+}
+
+#[test]
+fn lease_read_is_served_without_a_round_trip_while_the_lease_holds_thesis_6_4_1() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    net.tick_all(2); // a heartbeat round confirms the lease
+    net.queue.clear();
+    let rid = net.request(1, |id| Event::Read {
+        id,
+        consistency: ReadConsistency::Lease,
+    });
+    assert!(net.read_ready(rid), "served at once");
+    assert!(net.queue.is_empty());
+    // With followers silent, the lease runs out and the read needs a round again.
+    net.isolated.extend([2, 3]);
+    net.tick(1, 9);
+    let rid = net.request(1, |id| Event::Read {
+        id,
+        consistency: ReadConsistency::Lease,
+    });
+    assert!(!net.read_ready(rid));
+}
+
+#[test]
+fn lease_ends_when_a_leader_transfer_starts_thesis_3_10() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    net.tick_all(2);
+    assert!(net.node(1).lease_valid());
+    net.isolated.insert(2);
+    net.request(1, |id| Event::TransferLeader { id, to: 2 });
+    assert!(!net.node(1).lease_valid());
+}
