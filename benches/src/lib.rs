@@ -8,7 +8,8 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 use lockstep_core::{
-    Action, Event, Index, InitialState, MembershipConfig, Message, NodeId, Proposal, Raft, RaftConfig, Role,
+    Action, Event, Index, InitialState, MembershipConfig, Message, NodeId, Proposal, Raft,
+    RaftConfig, Role,
 };
 
 /// N protocol instances wired together in memory.
@@ -25,11 +26,20 @@ impl MemCluster {
         let config = MembershipConfig::new_voters(1..=n);
         let nodes = (1..=n)
             .map(|id| {
-                let cfg = RaftConfig { id, ..RaftConfig::default() };
-                Raft::new(cfg, InitialState::bootstrap(config.clone()), id).expect("valid bootstrap state")
+                let cfg = RaftConfig {
+                    id,
+                    ..RaftConfig::default()
+                };
+                Raft::new(cfg, InitialState::bootstrap(config.clone()), id)
+                    .expect("valid bootstrap state")
             })
             .collect();
-        let mut c = Self { nodes, leader: 0, queue: VecDeque::new(), next_request: 1 };
+        let mut c = Self {
+            nodes,
+            leader: 0,
+            queue: VecDeque::new(),
+            next_request: 1,
+        };
         for _ in 0..200 {
             for id in 1..=n {
                 c.step(id, Event::Tick);
@@ -54,7 +64,11 @@ impl MemCluster {
         let proposals = (0..batch)
             .map(|_| {
                 self.next_request += 1;
-                Proposal { id: self.next_request, session: None, data: payload.clone() }
+                Proposal {
+                    id: self.next_request,
+                    session: None,
+                    data: payload.clone(),
+                }
             })
             .collect();
         let target = self.nodes[self.leader].last_log_id().index + batch as u64;

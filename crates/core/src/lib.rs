@@ -13,6 +13,7 @@ pub mod membership;
 pub mod message;
 pub mod raft;
 pub mod rng;
+pub mod session;
 pub mod types;
 
 #[cfg(any(test, feature = "testing"))]
@@ -25,6 +26,7 @@ pub use message::{AppendResult, Message, MessageBody};
 pub use raft::progress::{Progress, ReplicationState};
 pub use raft::{InitError, InitialState, Raft, Role, Status};
 pub use rng::Rng;
+pub use session::{SessionCheck, SessionTable};
 pub use types::{
     ClientSession, Entry, EntryPayload, HardState, Index, LogId, NodeId, RequestId, SnapshotMeta,
     Term,

@@ -59,6 +59,10 @@ pub enum MessageBody {
     HeartbeatResponse {
         /// Echo of the read round.
         read_seq: u64,
+        /// The follower's durable acknowledgement for this leader (as in
+        /// [`AppendResult::Success::durable`]), so a lost acknowledgement is repaired by the
+        /// next heartbeat.
+        durable: Index,
     },
     /// InstallSnapshot RPC (§7). Only the metadata travels in the protocol; the transport
     /// streams the snapshot data that belongs to it.

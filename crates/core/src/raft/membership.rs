@@ -140,8 +140,10 @@ impl Raft {
         if target == current {
             return self.respond(id, Ok(Reply::MembershipChanged(current)));
         }
-        let direct = unsafe_changes
-            || (self.cfg.single_server_changes && current.voter_distance(&target) <= 1);
+        // Learner-only changes never need joint consensus: learners do not vote.
+        let distance = current.voter_distance(&target);
+        let direct =
+            unsafe_changes || distance == 0 || (self.cfg.single_server_changes && distance <= 1);
         let next = if direct {
             target
         } else {

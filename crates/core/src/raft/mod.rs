@@ -518,8 +518,8 @@ impl Raft {
                 }
             }
             MessageBody::AppendResponse(result) => self.handle_append_response(m.from, result),
-            MessageBody::HeartbeatResponse { read_seq } => {
-                self.handle_heartbeat_response(m.from, read_seq)
+            MessageBody::HeartbeatResponse { read_seq, durable } => {
+                self.handle_heartbeat_response(m.from, read_seq, durable)
             }
             MessageBody::TimeoutNow => self.handle_timeout_now(m.from),
         }
@@ -532,7 +532,13 @@ impl Raft {
             MessageBody::AppendEntries { .. }
             | MessageBody::Heartbeat { .. }
             | MessageBody::InstallSnapshot { .. } => {
-                self.send(m.from, MessageBody::HeartbeatResponse { read_seq: 0 });
+                self.send(
+                    m.from,
+                    MessageBody::HeartbeatResponse {
+                        read_seq: 0,
+                        durable: 0,
+                    },
+                );
             }
             MessageBody::VoteRequest { pre_vote: true, .. } => {
                 self.send(

@@ -35,7 +35,8 @@ pub struct Progress {
     pub(crate) stalled: u32,
     /// Ticks spent in the snapshot state.
     pub(crate) snapshot_ticks: u32,
-    pub(crate) last_matched_seen: Index,
+    /// (Oldest in-flight message, matched) at the previous heartbeat answer.
+    pub(crate) stall_marker: Option<(Option<Index>, Index)>,
     /// Highest commit index sent in an AppendEntries.
     pub(crate) commit_sent: Index,
 }
@@ -53,7 +54,7 @@ impl Progress {
             read_ack: 0,
             stalled: 0,
             snapshot_ticks: 0,
-            last_matched_seen: 0,
+            stall_marker: None,
             commit_sent: 0,
         }
     }

@@ -355,12 +355,19 @@ impl Raft {
         if self.installing.is_none() {
             self.commit_to(leader_commit.min(self.log.last_index()));
         }
-        self.send(from, MessageBody::HeartbeatResponse { read_seq });
+        let durable = self.durable_ack();
+        self.acked_durable = self.acked_durable.max(durable);
+        self.send(from, MessageBody::HeartbeatResponse { read_seq, durable });
     }
 
     /// Leader: a heartbeat answer proves liveness, confirms a read round and detects stalled
     /// replication (lost messages) so it restarts with a probe.
-    pub(crate) fn handle_heartbeat_response(&mut self, from: NodeId, read_seq: u64) {
+    pub(crate) fn handle_heartbeat_response(
+        &mut self,
+        from: NodeId,
+        read_seq: u64,
+        durable: Index,
+    ) {
         if !self.is_leader() {
             return;
         }
@@ -370,11 +377,20 @@ impl Raft {
         };
         pr.recent_active = true;
         pr.read_ack = pr.read_ack.max(read_seq);
+        let advanced = durable.min(last) > pr.matched && pr.state == ReplicationState::Replicate;
+        if advanced {
+            pr.matched = durable.min(last);
+        }
         if pr.matched < last {
             match pr.state {
                 ReplicationState::Probe => pr.paused = false,
                 ReplicationState::Replicate => {
-                    if pr.matched == pr.last_matched_seen {
+                    // Stalled: for three heartbeats neither the oldest message in flight was
+                    // answered nor the durable match moved (a message or answer was lost, or
+                    // the follower lost unsynced entries in a crash). Re-probing is harmless
+                    // for a follower that is merely slow to fsync.
+                    let marker = (pr.inflight.front().map(|(last, _)| *last), pr.matched);
+                    if Some(marker) == pr.stall_marker {
                         pr.stalled += 1;
                         if pr.stalled >= 3 {
                             pr.stalled = 0;
@@ -383,11 +399,14 @@ impl Raft {
                     } else {
                         pr.stalled = 0;
                     }
+                    pr.stall_marker = Some(marker);
                 }
                 ReplicationState::Snapshot(_) => {}
             }
         }
-        pr.last_matched_seen = pr.matched;
+        if advanced {
+            self.maybe_commit();
+        }
         self.check_read_rounds();
         self.send_append(from);
     }

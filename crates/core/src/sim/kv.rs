@@ -8,7 +8,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::linearizability::{Key, KvRet, Value};
 use crate::membership::MembershipConfig;
-use crate::types::{ClientSession, Entry, EntryPayload, LogId};
+use crate::session::{SessionCheck, SessionTable};
+use crate::types::{Entry, EntryPayload, LogId};
 
 /// A write command of the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,7 +85,7 @@ pub struct KvState {
     /// The registers.
     pub data: BTreeMap<Key, Value>,
     /// Per client: last sequence applied and its result.
-    pub sessions: BTreeMap<u64, (u64, KvRet)>,
+    pub sessions: SessionTable<KvRet>,
     /// Last applied entry.
     pub applied: LogId,
     /// Membership as of `applied`.
@@ -104,20 +105,16 @@ impl KvState {
             }
             EntryPayload::Command { session, data } => {
                 let cmd = KvCommand::decode(data)?;
-                if let Some(ClientSession {
-                    client_id,
-                    sequence,
-                }) = session
-                {
-                    if let Some((seq, ret)) = self.sessions.get(client_id) {
-                        if sequence <= seq {
-                            return (sequence == seq).then(|| ret.clone());
-                        }
+                if let Some(s) = session {
+                    match self.sessions.check(s) {
+                        SessionCheck::Apply => {}
+                        SessionCheck::Duplicate(ret) => return Some(ret),
+                        SessionCheck::Stale { .. } => return None,
                     }
                 }
                 let ret = self.execute(cmd);
                 if let Some(s) = session {
-                    self.sessions.insert(s.client_id, (s.sequence, ret.clone()));
+                    self.sessions.record(s, ret.clone());
                 }
                 Some(ret)
             }
@@ -150,6 +147,7 @@ impl KvState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::ClientSession;
 
     fn cmd_entry(index: u64, client: u64, seq: u64, cmd: KvCommand) -> Entry {
         Entry {

@@ -237,7 +237,10 @@ fn higher_term_makes_a_leader_step_down_section_5_1() {
             from: 2,
             to: 1,
             term: 7,
-            body: MessageBody::HeartbeatResponse { read_seq: 0 },
+            body: MessageBody::HeartbeatResponse {
+                read_seq: 0,
+                durable: 0,
+            },
         }),
     );
     assert_eq!(net.node(1).role(), Role::Follower);

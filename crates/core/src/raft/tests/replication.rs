@@ -237,3 +237,24 @@ fn lost_append_messages_are_recovered_by_heartbeats_section_5_3() {
     net.tick_all(10);
     assert_eq!(net.node(3).last_log_id(), net.node(1).last_log_id());
 }
+
+#[test]
+fn lost_durable_acknowledgement_is_repaired_by_the_next_heartbeat_section_5_3() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    net.hold_sync.extend([2, 3]);
+    net.propose(1, b"a");
+    net.deliver();
+    // The followers sync, but every acknowledgement they send is lost.
+    for id in [2, 3] {
+        net.sync(id);
+    }
+    net.queue.clear();
+    assert_eq!(net.node(1).commit_index(), 2);
+    net.tick_all(2);
+    assert_eq!(
+        net.node(1).commit_index(),
+        3,
+        "heartbeat responses carry the durable index"
+    );
+}
