@@ -5,36 +5,12 @@ use super::*;
 #[test]
 fn old_term_entries_commit_only_through_a_current_term_entry_figure_8_section_5_4_2() {
     let voters = [1, 2, 3];
-    let snapshot = SnapshotMeta {
-        last_log_id: LogId::default(),
-        membership: MembershipConfig::new_voters(voters),
-    };
     let mut net = Net::new(&voters);
     // Node 1 has an entry from term 2 that nobody else has; it becomes leader in term 3.
-    let init = InitialState {
-        hard_state: HardState {
-            term: 2,
-            ..Default::default()
-        },
-        snapshot: snapshot.clone(),
-        entries: vec![entry(1, 1), entry(2, 2)],
-        ..Default::default()
-    };
-    let mut r1 = Raft::new(cfg(1), init, 3).unwrap();
-    r1.sticky_after_start = false;
+    let r1 = restored(1, 2, vec![entry(1, 1), entry(2, 2)]);
     net.nodes.insert(1, r1);
     for id in [2, 3] {
-        let init = InitialState {
-            hard_state: HardState {
-                term: 2,
-                ..Default::default()
-            },
-            snapshot: snapshot.clone(),
-            entries: vec![entry(1, 1)],
-            ..Default::default()
-        };
-        let mut r = Raft::new(cfg(id), init, id).unwrap();
-        r.sticky_after_start = false;
+        let r = restored(id, 2, vec![entry(1, 1)]);
         net.nodes.insert(id, r);
     }
     // Followers make index 2 (term 2) durable but never the leader's term-3 blank at index 3.

@@ -54,22 +54,7 @@ fn at_most_one_vote_per_term_section_5_2() {
 
 #[test]
 fn vote_refused_to_candidate_with_less_up_to_date_log_section_5_4_1() {
-    let snapshot = SnapshotMeta {
-        last_log_id: LogId::default(),
-        membership: MembershipConfig::new_voters([1, 2, 3]),
-    };
-    let init = InitialState {
-        hard_state: HardState {
-            term: 2,
-            vote: None,
-            commit: 0,
-        },
-        snapshot,
-        entries: vec![entry(1, 1), entry(2, 2)],
-        ..Default::default()
-    };
-    let mut r = Raft::new(cfg(1), init, 1).unwrap();
-    r.sticky_after_start = false;
+    let mut r = restored(1, 2, vec![entry(1, 1), entry(2, 2)]);
     // Higher term but last log term 1 < 2: refused.
     r.step(Event::Message(Message {
         from: 2,

@@ -25,6 +25,27 @@ pub(super) fn bootstrap(id: NodeId, voters: &[NodeId]) -> Raft {
     r
 }
 
+/// A node of the voters {1, 2, 3} recovered at `term` with `entries` (the configuration
+/// comes from a snapshot at (0, 0)), not sticky to any leader.
+pub(super) fn restored(id: NodeId, term: Term, entries: Vec<Entry>) -> Raft {
+    let snapshot = SnapshotMeta {
+        last_log_id: LogId::default(),
+        membership: MembershipConfig::new_voters([1, 2, 3]),
+    };
+    let init = InitialState {
+        hard_state: HardState {
+            term,
+            ..Default::default()
+        },
+        snapshot,
+        entries,
+        ..Default::default()
+    };
+    let mut r = Raft::new(cfg(id), init, id).unwrap();
+    r.sticky_after_start = false;
+    r
+}
+
 pub(super) fn entry(term: Term, index: Index) -> Entry {
     Entry {
         log_id: LogId::new(term, index),

@@ -53,24 +53,7 @@ fn leader_counts_itself_only_after_its_own_fsync_persistence_ordering() {
 
 #[test]
 fn conflicting_suffix_is_truncated_and_replaced_section_5_3() {
-    let snapshot = SnapshotMeta {
-        last_log_id: LogId::default(),
-        membership: MembershipConfig::new_voters([1, 2, 3]),
-    };
-    let mut r = Raft::new(
-        cfg(2),
-        InitialState {
-            hard_state: HardState {
-                term: 2,
-                ..Default::default()
-            },
-            snapshot,
-            entries: vec![entry(1, 1), entry(2, 2), entry(2, 3)],
-            ..Default::default()
-        },
-        1,
-    )
-    .unwrap();
+    let mut r = restored(2, 2, vec![entry(1, 1), entry(2, 2), entry(2, 3)]);
     r.step(Event::Message(Message {
         from: 1,
         to: 2,
@@ -88,10 +71,6 @@ fn conflicting_suffix_is_truncated_and_replaced_section_5_3() {
 
 #[test]
 fn consistency_check_rejects_with_a_backtracking_hint_section_5_3() {
-    let snapshot = SnapshotMeta {
-        last_log_id: LogId::default(),
-        membership: MembershipConfig::new_voters([1, 2, 3]),
-    };
     let entries = vec![
         entry(1, 1),
         entry(1, 2),
@@ -99,20 +78,7 @@ fn consistency_check_rejects_with_a_backtracking_hint_section_5_3() {
         entry(2, 4),
         entry(2, 5),
     ];
-    let mut r = Raft::new(
-        cfg(2),
-        InitialState {
-            hard_state: HardState {
-                term: 2,
-                ..Default::default()
-            },
-            snapshot,
-            entries,
-            ..Default::default()
-        },
-        1,
-    )
-    .unwrap();
+    let mut r = restored(2, 2, entries);
     // The leader (term 4) probes at index 6 with prev term 3.
     r.step(Event::Message(Message {
         from: 1,
@@ -145,40 +111,16 @@ fn consistency_check_rejects_with_a_backtracking_hint_section_5_3() {
 
 #[test]
 fn diverged_follower_converges_with_few_probes_section_5_3() {
-    let snapshot = SnapshotMeta {
-        last_log_id: LogId::default(),
-        membership: MembershipConfig::new_voters([1, 2, 3]),
-    };
     let mut net = Net::new(&[1, 2, 3]);
     // Nodes 1 and 2 hold 1-1, 3-2, 3-3; node 3 holds 49 entries of a deposed term-2 leader.
     for id in [1, 2] {
-        let init = InitialState {
-            hard_state: HardState {
-                term: 3,
-                ..Default::default()
-            },
-            snapshot: snapshot.clone(),
-            entries: vec![entry(1, 1), entry(3, 2), entry(3, 3)],
-            ..Default::default()
-        };
-        let mut r = Raft::new(cfg(id), init, id).unwrap();
-        r.sticky_after_start = false;
+        let r = restored(id, 3, vec![entry(1, 1), entry(3, 2), entry(3, 3)]);
         net.nodes.insert(id, r);
     }
     let junk: Vec<Entry> = std::iter::once(entry(1, 1))
         .chain((2..=50).map(|i| entry(2, i)))
         .collect();
-    let init = InitialState {
-        hard_state: HardState {
-            term: 2,
-            ..Default::default()
-        },
-        snapshot,
-        entries: junk,
-        ..Default::default()
-    };
-    let mut r3 = Raft::new(cfg(3), init, 3).unwrap();
-    r3.sticky_after_start = false;
+    let r3 = restored(3, 2, junk);
     net.nodes.insert(3, r3);
     net.elect(1);
     let mut rejections = 0;
