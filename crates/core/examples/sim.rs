@@ -3,7 +3,7 @@
 //! Options: `--seeds N` (default 100), `--first S` (default 0), `--seed S` (one seed, verbose),
 //! `--ops N` (client operations per seed, default 1000), `--threads N` (default: all cores),
 //! `--nemesis-ms N`, `--max-entries N`, `--clients N`, `--nodes N`, `--voters N`,
-//! `--new-leader-crash-pct P`, `--no-membership`, `--scenario figure8` (fault rate, shape,
+//! `--new-leader-crash-pct P`, `--no-membership`, `--no-prevote-checkquorum`, `--scenario figure8` (fault rate, shape,
 //! or a scripted schedule),
 //! `--bug NAME` (run a deliberately broken protocol; alone, it reports the first seed that
 //! catches the bug).
@@ -51,6 +51,12 @@ fn main() {
     }
     if let Some(p) = arg(&args, "--new-leader-crash-pct") {
         cfg.faults.new_leader_crash = p as f64 / 100.0;
+    }
+    if args.iter().any(|a| a == "--no-prevote-checkquorum") {
+        cfg.raft.pre_vote = false;
+        cfg.raft.check_quorum = false;
+        cfg.raft.lease_reads = false;
+        cfg.lease_read_fraction = 0.0;
     }
     if args.iter().any(|a| a == "--no-membership") {
         cfg.faults.membership = false;

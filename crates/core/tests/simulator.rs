@@ -126,3 +126,19 @@ fn catches_read_index_without_a_heartbeat_round_within_2000_seeds() {
     });
     assert!(hunt(&cfg, 2000).is_some());
 }
+
+#[test]
+fn safe_and_live_with_pre_vote_check_quorum_and_leases_switched_off() {
+    // Without pre-vote and check-quorum, removed servers can disrupt elections forever
+    // (thesis §4.2.3), so liveness is only expected without membership changes.
+    let mut cfg = SimConfig {
+        ops: 500,
+        lease_read_fraction: 0.0,
+        ..SimConfig::default()
+    };
+    cfg.raft.pre_vote = false;
+    cfg.raft.check_quorum = false;
+    cfg.raft.lease_reads = false;
+    cfg.faults.membership = false;
+    assert_eq!(hunt(&cfg, 100), None);
+}

@@ -293,6 +293,9 @@ pub fn replay_command(seed: u64, config: &SimConfig) -> String {
     if config.scenario == Some(Scenario::Figure8) {
         cmd.push_str(" --scenario figure8");
     }
+    if !config.raft.pre_vote && !config.raft.check_quorum {
+        cmd.push_str(" --no-prevote-checkquorum");
+    }
     if !config.faults.membership && d.faults.membership {
         cmd.push_str(" --no-membership");
     }

@@ -268,3 +268,26 @@ fn stale_leader_gets_current_term_in_reply_section_5_1() {
         "the stale leader learns the newer term"
     );
 }
+
+#[test]
+fn without_pre_vote_a_candidate_raises_its_term_at_once_section_5_2() {
+    let mut net = Net::new(&[1, 2, 3]);
+    for r in net.nodes.values_mut() {
+        r.cfg.pre_vote = false;
+        r.cfg.check_quorum = false;
+        r.cfg.lease_reads = false;
+    }
+    net.isolated.insert(1);
+    let timeout = net.node(1).randomized_timeout as usize;
+    net.tick(1, timeout);
+    assert_eq!(net.node(1).role(), Role::Candidate);
+    assert_eq!(
+        net.node(1).term(),
+        1,
+        "no pre-vote round: the term is raised and saved"
+    );
+    net.isolated.clear();
+    net.tick(1, 40);
+    net.deliver();
+    assert!(net.nodes.values().any(|r| r.role() == Role::Leader));
+}
