@@ -164,3 +164,91 @@ fn inconsistent_initial_state_is_rejected_with_a_reason() {
         Err(InitError::Config(_))
     ));
 }
+
+/// Arbitrary messages from the network never panic a node (debug builds check overflow).
+#[test]
+fn random_messages_never_panic_a_node_in_any_role() {
+    use crate::rng::Rng;
+    let mut rng = Rng::new(99);
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    net.propose(1, b"x");
+    net.deliver();
+    let mut candidate = bootstrap(4, &[4, 5, 6]);
+    candidate.start_election(false);
+    net.nodes.insert(4, candidate);
+    let pick = |rng: &mut Rng| -> u64 {
+        match rng.range(0, 4) {
+            0 => rng.next_u64(),
+            1 => u64::MAX - rng.range(0, 3),
+            _ => rng.range(0, 8),
+        }
+    };
+    for _ in 0..20_000 {
+        let to = *rng.pick(&[1, 2, 4]).unwrap();
+        let from = rng.range(0, 7);
+        let term = pick(&mut rng);
+        let id = |rng: &mut Rng| LogId::new(pick(rng), pick(rng));
+        let body = match rng.range(0, 10) {
+            0 => MessageBody::VoteRequest {
+                pre_vote: rng.chance(0.5),
+                last_log_id: id(&mut rng),
+                transfer: rng.chance(0.5),
+            },
+            1 => MessageBody::VoteResponse {
+                pre_vote: rng.chance(0.5),
+                granted: rng.chance(0.5),
+            },
+            2 => {
+                let prev = id(&mut rng);
+                let n = rng.range(0, 4);
+                let entries = (1..=n)
+                    .map(|k| {
+                        entry(
+                            prev.term.saturating_add(rng.range(0, 2)),
+                            prev.index.wrapping_add(k),
+                        )
+                    })
+                    .collect();
+                MessageBody::AppendEntries {
+                    prev_log_id: prev,
+                    entries,
+                    leader_commit: pick(&mut rng),
+                }
+            }
+            3 => MessageBody::AppendResponse(AppendResult::Success {
+                last_accepted: pick(&mut rng),
+                durable: pick(&mut rng),
+            }),
+            4 => MessageBody::AppendResponse(AppendResult::Conflict {
+                rejected: pick(&mut rng),
+                hint: id(&mut rng),
+            }),
+            5 => MessageBody::Heartbeat {
+                leader_commit: pick(&mut rng),
+                read_seq: pick(&mut rng),
+            },
+            6 => MessageBody::HeartbeatResponse {
+                read_seq: pick(&mut rng),
+                durable: pick(&mut rng),
+            },
+            7 => MessageBody::InstallSnapshot {
+                meta: SnapshotMeta {
+                    last_log_id: id(&mut rng),
+                    membership: MembershipConfig::new_voters([1, 2, 3]),
+                },
+            },
+            _ => MessageBody::TimeoutNow,
+        };
+        net.step(
+            to,
+            Event::Message(Message {
+                from,
+                to,
+                term,
+                body,
+            }),
+        );
+        net.queue.clear();
+    }
+}
