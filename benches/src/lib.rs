@@ -89,9 +89,12 @@ impl MemCluster {
                 let r = &mut self.nodes[i];
                 match a {
                     Action::SaveHardState(hs) => r.step(Event::HardStateSaved(hs)),
-                    Action::AppendLog(entries) => {
+                    Action::AppendLog { entries, write } => {
                         if let Some(last) = entries.last() {
-                            r.step(Event::LogDurable(last.log_id));
+                            r.step(Event::LogDurable {
+                                last: last.log_id,
+                                write,
+                            });
                         }
                     }
                     Action::Apply { entries, .. } => {

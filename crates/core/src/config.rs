@@ -121,6 +121,13 @@ impl RaftConfig {
                     .into(),
             );
         }
+        if self.lease_reads && self.lease_drift_ticks == 0 {
+            return err(
+                "lease_drift_ticks",
+                "0".into(),
+                "at least 1 when lease_reads is on (a follower's timer may expire up to one tick early)".into(),
+            );
+        }
         if self.lease_reads && self.lease_drift_ticks >= self.election_ticks {
             return err(
                 "lease_drift_ticks",
@@ -179,5 +186,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(c.validate().unwrap_err().key, "id");
+        let c = RaftConfig {
+            lease_drift_ticks: 0,
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "lease_drift_ticks");
     }
 }

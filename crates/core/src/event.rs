@@ -60,8 +60,14 @@ pub enum Event {
     },
     /// The hard state given in an earlier [`Action::SaveHardState`] is on stable storage.
     HardStateSaved(HardState),
-    /// Every log entry up to and including this one is on stable storage.
-    LogDurable(LogId),
+    /// Every log write up to and including write number `write` (see [`Action::AppendLog`])
+    /// is on stable storage, and `last` is the last log entry after that write.
+    LogDurable {
+        /// Last entry of the log as of write `write`.
+        last: LogId,
+        /// Sequence number of the last write the sync covered.
+        write: u64,
+    },
     /// The state machine applied every entry up to this index.
     Applied(Index),
     /// A snapshot covering `meta` was built and is durable.
@@ -86,9 +92,18 @@ pub enum Action {
     TruncateLog {
         /// First index removed.
         from: Index,
+        /// Sequence number of this log write (writes are numbered 1, 2, ... per process).
+        write: u64,
     },
-    /// Append entries after the current last entry; report [`Event::LogDurable`] once synced.
-    AppendLog(Vec<Entry>),
+    /// Append entries after the current last entry. Once synced, report
+    /// [`Event::LogDurable`] with the number of the last write the sync covered: a sync that
+    /// started before a truncation must not be taken for one covering what was re-appended.
+    AppendLog {
+        /// The entries.
+        entries: Vec<Entry>,
+        /// Sequence number of this log write.
+        write: u64,
+    },
     /// Delete log entries up to and including `up_to` (they are covered by a snapshot).
     PurgeLog {
         /// Last entry removed.

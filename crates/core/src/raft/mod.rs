@@ -202,6 +202,10 @@ pub struct Raft {
     pub(crate) verified_match: Index,
     /// Follower: highest durable index acknowledged to the current leader.
     pub(crate) acked_durable: Index,
+    /// Log writes (appends and truncations) issued so far in this process.
+    pub(crate) log_writes: u64,
+    /// Write number of the latest truncation: durability reports from before it are void.
+    pub(crate) last_truncation_write: u64,
     /// Local clients waiting for entries: index -> (term, request).
     pub(crate) proposals: BTreeMap<Index, (Term, RequestId)>,
     /// Reads confirmed at an index, waiting for the state machine to reach it.
@@ -260,6 +264,8 @@ impl Raft {
             leader_state: None,
             verified_match: 0,
             acked_durable: 0,
+            log_writes: 0,
+            last_truncation_write: 0,
             proposals: BTreeMap::new(),
             ready_reads: Vec::new(),
             actions: Vec::new(),
@@ -280,7 +286,7 @@ impl Raft {
             Event::ChangeMembership { id, change } => self.change_membership(id, change),
             Event::TransferLeader { id, to } => self.transfer_leader(id, to),
             Event::HardStateSaved(hs) => self.on_hard_state_saved(hs),
-            Event::LogDurable(id) => self.on_log_durable(id),
+            Event::LogDurable { last, write } => self.on_log_durable(last, write),
             Event::Applied(index) => self.on_applied(index),
             Event::SnapshotBuilt(meta) => self.on_snapshot_built(meta),
             Event::SnapshotInstalled(meta) => self.on_snapshot_installed(meta),
@@ -428,6 +434,12 @@ impl Raft {
         }
     }
 
+    /// Numbers the next log write.
+    pub(crate) fn next_log_write(&mut self) -> u64 {
+        self.log_writes += 1;
+        self.log_writes
+    }
+
     pub(crate) fn respond(&mut self, id: RequestId, outcome: Result<Reply, ClientError>) {
         self.actions.push(Action::Respond { id, outcome });
     }
@@ -474,6 +486,16 @@ impl Raft {
                     pre_vote: true,
                     granted: true,
                 } => {}
+                // A follower still sticky to a leader ignores higher-term *responses* (a late
+                // pre-vote rejection, an answer to an old heartbeat): adopting the term would end its
+                // stickiness and let a candidate win while the leader's lease still runs.
+                MessageBody::VoteResponse { .. }
+                | MessageBody::AppendResponse(_)
+                | MessageBody::HeartbeatResponse { .. }
+                    if self.role != Role::Leader && self.in_lease() =>
+                {
+                    return;
+                }
                 MessageBody::AppendEntries { .. }
                 | MessageBody::Heartbeat { .. }
                 | MessageBody::InstallSnapshot { .. }
@@ -672,7 +694,8 @@ impl Raft {
             });
         }
         self.log.append(entries.iter().cloned());
-        self.actions.push(Action::AppendLog(entries));
+        let write = self.next_log_write();
+        self.actions.push(Action::AppendLog { entries, write });
         self.sync_progress_with_membership();
         self.broadcast_append();
         index

@@ -208,7 +208,11 @@ impl Raft {
                 }
             }
             self.log.append(rest.iter().cloned());
-            self.actions.push(Action::AppendLog(rest));
+            let write = self.next_log_write();
+            self.actions.push(Action::AppendLog {
+                entries: rest,
+                write,
+            });
         }
         self.verified_match = self.verified_match.max(last_in_msg);
         self.commit_to(leader_commit.min(last_in_msg));
@@ -237,7 +241,9 @@ impl Raft {
         self.log.truncate(from);
         self.membership.truncate(from);
         self.durable = self.durable.min(from - 1);
-        self.actions.push(Action::TruncateLog { from });
+        let write = self.next_log_write();
+        self.last_truncation_write = write;
+        self.actions.push(Action::TruncateLog { from, write });
         let dropped: Vec<Index> = self.proposals.range(from..).map(|(i, _)| *i).collect();
         for i in dropped {
             if let Some((_, id)) = self.proposals.remove(&i) {
@@ -247,8 +253,10 @@ impl Raft {
     }
 
     /// The runtime synced the log up to `id`: a follower acknowledges, a leader may commit.
-    pub(crate) fn on_log_durable(&mut self, id: LogId) {
-        if !self.log.matches(id) || id.index <= self.durable {
+    pub(crate) fn on_log_durable(&mut self, id: LogId, write: u64) {
+        // A sync that started before the latest truncation says nothing about entries
+        // re-appended since, even with the same ids.
+        if write < self.last_truncation_write || !self.log.matches(id) || id.index <= self.durable {
             return;
         }
         self.durable = id.index;

@@ -54,7 +54,7 @@ impl Raft {
                 Ok(())
             }
             MessageBody::InstallSnapshot { meta } => {
-                if meta.last_log_id.term > m.term {
+                if meta.last_log_id.term > m.term || meta.last_log_id.index >= Index::MAX / 2 {
                     return Err(format!(
                         "snapshot {} is from a term above {}",
                         meta.last_log_id, m.term

@@ -67,6 +67,8 @@ pub struct SimDisk {
     /// Durable log.
     pub log: DurableLog,
     pending: Vec<Write>,
+    /// Number of the last log write queued (reported back with each sync).
+    last_write: u64,
     /// Durable snapshot (written atomically).
     pub snapshot: Option<(SnapshotMeta, KvState)>,
 }
@@ -88,14 +90,16 @@ impl SimDisk {
         self.pending_hs = Some(hs);
     }
 
-    /// Queues a truncation.
-    pub fn truncate(&mut self, from: u64) {
+    /// Queues a truncation (log write number `write`).
+    pub fn truncate(&mut self, from: u64, write: u64) {
         self.pending.push(Write::Truncate(from));
+        self.last_write = write;
     }
 
-    /// Queues an append.
-    pub fn append(&mut self, entries: Vec<Entry>) {
+    /// Queues an append (log write number `write`).
+    pub fn append(&mut self, entries: Vec<Entry>, write: u64) {
         self.pending.push(Write::Append(entries));
+        self.last_write = write;
     }
 
     /// True if writes are waiting for a sync.
@@ -104,10 +108,10 @@ impl SimDisk {
     }
 
     /// fsync: everything queued becomes durable. Returns the hard state made durable since
-    /// the last report, and the last durable log id.
-    pub fn sync(&mut self) -> (Option<HardState>, LogId) {
+    /// the last report, the last durable log id and the number of the last log write.
+    pub fn sync(&mut self) -> (Option<HardState>, LogId, u64) {
         self.flush();
-        (self.unreported_hs.take(), self.log.last())
+        (self.unreported_hs.take(), self.log.last(), self.last_write)
     }
 
     /// Makes everything queued durable without reporting it (the next `sync` reports).
@@ -150,6 +154,7 @@ impl SimDisk {
     /// A crash: a random prefix of the queued writes reaches the disk, the last one possibly
     /// torn (a prefix of its entries); the queued hard state survives or not (atomic rename).
     pub fn crash(&mut self, rng: &mut Rng, torn_writes: bool) {
+        self.last_write = 0;
         let pending = std::mem::take(&mut self.pending);
         if torn_writes && !pending.is_empty() {
             let keep = rng.range(0, pending.len() as u64 + 1) as usize;

@@ -20,7 +20,11 @@ fn old_term_entries_commit_only_through_a_current_term_entry_figure_8_section_5_
     net.deliver();
     for id in [2, 3] {
         let r = net.nodes.get_mut(&id).unwrap();
-        r.step(Event::LogDurable(LogId::new(2, 2)));
+        let write = r.log_writes;
+        r.step(Event::LogDurable {
+            last: LogId::new(2, 2),
+            write,
+        });
         net.process(id);
     }
     net.deliver();

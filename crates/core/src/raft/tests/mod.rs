@@ -111,10 +111,13 @@ impl Net {
                 let r = self.nodes.get_mut(&id).unwrap();
                 match a {
                     Action::SaveHardState(hs) => r.step(Event::HardStateSaved(hs)),
-                    Action::AppendLog(es) => {
+                    Action::AppendLog { entries, write } => {
                         if !self.hold_sync.contains(&id) {
-                            if let Some(last) = es.last() {
-                                r.step(Event::LogDurable(last.log_id));
+                            if let Some(last) = entries.last() {
+                                r.step(Event::LogDurable {
+                                    last: last.log_id,
+                                    write,
+                                });
                             }
                         }
                     }
@@ -137,8 +140,8 @@ impl Net {
 
     /// Makes everything a held node wrote durable.
     pub(super) fn sync(&mut self, id: NodeId) {
-        let last = self.node(id).last_log_id();
-        self.step(id, Event::LogDurable(last));
+        let (last, write) = (self.node(id).last_log_id(), self.node(id).log_writes);
+        self.step(id, Event::LogDurable { last, write });
     }
 
     pub(super) fn deliver(&mut self) {

@@ -87,3 +87,40 @@ fn lease_ends_when_a_leader_transfer_starts_thesis_3_10() {
     net.request(1, |id| Event::TransferLeader { id, to: 2 });
     assert!(!net.node(1).lease_valid());
 }
+
+#[test]
+fn sticky_follower_ignores_a_higher_term_response_so_the_lease_holds_thesis_6_4_1() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    net.tick_all(2);
+    // A late rejection of a pre-vote that node 2 sent before it heard from the leader.
+    let late = Message {
+        from: 3,
+        to: 2,
+        term: 5,
+        body: MessageBody::VoteResponse {
+            pre_vote: true,
+            granted: false,
+        },
+    };
+    net.step(2, Event::Message(late));
+    assert_eq!(
+        net.node(2).term(),
+        1,
+        "still sticky: the higher term is not adopted"
+    );
+    assert_eq!(net.node(2).leader(), Some(1));
+    // And so a vote request of that term is still refused while the lease runs.
+    let req = Message {
+        from: 3,
+        to: 2,
+        term: 5,
+        body: MessageBody::VoteRequest {
+            pre_vote: false,
+            last_log_id: LogId::new(9, 99),
+            transfer: false,
+        },
+    };
+    net.step(2, Event::Message(req));
+    assert_eq!(net.node(2).term(), 1);
+}

@@ -536,11 +536,11 @@ impl World {
     }
 
     fn sync_node(&mut self, i: usize) -> Step {
-        let (hs, last) = self.nodes[i].disk.sync();
+        let (hs, last, write) = self.nodes[i].disk.sync();
         if let Some(hs) = hs {
             self.step_node(i, Event::HardStateSaved(hs))?;
         }
-        self.step_node(i, Event::LogDurable(last))
+        self.step_node(i, Event::LogDurable { last, write })
     }
 
     /// Executes one action the way a runtime would, against the simulated disk and network.
@@ -550,12 +550,12 @@ impl World {
                 self.nodes[i].disk.save_hard_state(hs);
                 self.schedule_sync(i);
             }
-            Action::TruncateLog { from } => {
-                self.nodes[i].disk.truncate(from);
+            Action::TruncateLog { from, write } => {
+                self.nodes[i].disk.truncate(from, write);
                 self.schedule_sync(i);
             }
-            Action::AppendLog(entries) => {
-                self.nodes[i].disk.append(entries);
+            Action::AppendLog { entries, write } => {
+                self.nodes[i].disk.append(entries, write);
                 self.schedule_sync(i);
             }
             Action::PurgeLog { up_to } => self.nodes[i].disk.purge(up_to),
