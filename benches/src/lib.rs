@@ -8,8 +8,8 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 use lockstep_core::{
-    Action, Event, Index, InitialState, MembershipConfig, Message, NodeId, Proposal, Raft,
-    RaftConfig, Role,
+    Action, Event, Index, InitialState, LogId, MembershipConfig, Message, NodeId, Proposal, Raft,
+    RaftConfig, Role, SnapshotMeta,
 };
 
 /// N protocol instances wired together in memory.
@@ -18,7 +18,11 @@ pub struct MemCluster {
     leader: usize,
     queue: VecDeque<Message>,
     next_request: u64,
+    last_snapshot: Index,
 }
+
+/// Entries between two snapshots in the benchmark cluster.
+const SNAPSHOT_EVERY: Index = 8192;
 
 impl MemCluster {
     /// A bootstrapped cluster of `n` voters with a leader elected.
@@ -39,6 +43,7 @@ impl MemCluster {
             leader: 0,
             queue: VecDeque::new(),
             next_request: 1,
+            last_snapshot: 0,
         };
         for _ in 0..200 {
             for id in 1..=n {
@@ -75,6 +80,27 @@ impl MemCluster {
         self.step(self.leader as NodeId + 1, Event::Propose(proposals));
         self.run();
         assert!(self.commit_index() >= target, "entries should commit");
+        if self.commit_index() >= self.last_snapshot + SNAPSHOT_EVERY {
+            self.snapshot_all();
+        }
+    }
+
+    /// Every node snapshots at its applied index, so the log is purged as in a real node
+    /// (otherwise the benchmark would mostly measure memory growth).
+    fn snapshot_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            let r = &self.nodes[i];
+            let applied = r.applied_index();
+            let Some(term) = r.entry(applied).map(|e| e.log_id.term) else {
+                continue;
+            };
+            let meta = SnapshotMeta {
+                last_log_id: LogId::new(term, applied),
+                membership: r.membership_at(applied),
+            };
+            self.step(i as NodeId + 1, Event::SnapshotBuilt(meta));
+        }
+        self.last_snapshot = self.commit_index();
     }
 
     fn step(&mut self, id: NodeId, event: Event) {

@@ -64,17 +64,21 @@ impl RaftLog {
     /// Entries in `[from, to]`, stopping early once `max_bytes` is exceeded (at least one
     /// entry is returned when the range is non-empty).
     pub(crate) fn slice(&self, from: Index, to: Index, max_bytes: usize) -> Vec<Entry> {
-        let mut out = Vec::new();
+        let first = from.max(self.offset.index + 1);
+        let last = to.min(self.last_index());
+        if first > last {
+            return Vec::new();
+        }
+        let start = (first - self.offset.index - 1) as usize;
+        let end = (last - self.offset.index) as usize;
+        let mut out = Vec::with_capacity(end - start);
         let mut bytes = 0;
-        let mut i = from.max(self.offset.index + 1);
-        while i <= to.min(self.last_index()) {
-            let Some(e) = self.get(i) else { break };
+        for e in self.entries.range(start..end) {
             bytes += e.size_hint();
             if !out.is_empty() && bytes > max_bytes {
                 break;
             }
             out.push(e.clone());
-            i += 1;
         }
         out
     }

@@ -680,10 +680,12 @@ impl Raft {
     ) -> Index {
         let mut entries = Vec::with_capacity(items.len());
         let mut index = self.log.last_index();
+        let mut new_config = false;
         for (payload, waiter) in items {
             index += 1;
             if let EntryPayload::Membership(c) = &payload {
                 self.membership.push(index, c.clone());
+                new_config = true;
             }
             if let Some(id) = waiter {
                 self.proposals.insert(index, (self.term, id));
@@ -696,7 +698,9 @@ impl Raft {
         self.log.append(entries.iter().cloned());
         let write = self.next_log_write();
         self.actions.push(Action::AppendLog { entries, write });
-        self.sync_progress_with_membership();
+        if new_config {
+            self.sync_progress_with_membership();
+        }
         self.broadcast_append();
         index
     }

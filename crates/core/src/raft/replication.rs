@@ -162,10 +162,11 @@ impl Raft {
             } else {
                 entries[skip - 1].log_id
             };
-            (
-                LogId::new(new_prev.term, prev.index + skip as u64),
-                entries[skip..].to_vec(),
-            )
+            (LogId::new(new_prev.term, prev.index + skip as u64), {
+                let mut entries = entries;
+                entries.drain(..skip);
+                entries
+            })
         } else {
             (prev, entries)
         };
@@ -201,7 +202,8 @@ impl Raft {
             if at <= self.log.last_index() {
                 self.truncate_log(at);
             }
-            let rest: Vec<Entry> = entries[pos..].to_vec();
+            let mut entries = entries;
+            let rest: Vec<Entry> = entries.split_off(pos);
             for e in &rest {
                 if let EntryPayload::Membership(c) = &e.payload {
                     self.membership.push(e.log_id.index, c.clone());
