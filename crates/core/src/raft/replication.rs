@@ -43,13 +43,16 @@ impl Raft {
         self.append_as_leader(items);
     }
 
+    /// Every node the leader replicates to (empty unless leader).
+    fn peers(&self) -> Vec<NodeId> {
+        self.leader_state
+            .as_ref()
+            .map_or_else(Vec::new, |ls| ls.progress.keys().copied().collect())
+    }
+
     /// Sends whatever each follower can take now.
     pub(crate) fn broadcast_append(&mut self) {
-        let peers: Vec<NodeId> = match &self.leader_state {
-            Some(ls) => ls.progress.keys().copied().collect(),
-            None => return,
-        };
-        for to in peers {
+        for to in self.peers() {
             self.send_append(to);
         }
     }
@@ -101,11 +104,7 @@ impl Raft {
     /// Tells every caught-up, idle follower the new commit index (followers with appends
     /// in flight get it with the next one), then sends whatever else is due.
     pub(crate) fn broadcast_commit(&mut self) {
-        let peers: Vec<NodeId> = match &self.leader_state {
-            Some(ls) => ls.progress.keys().copied().collect(),
-            None => return,
-        };
-        for to in peers {
+        for to in self.peers() {
             self.maybe_send_commit(to);
         }
         self.broadcast_append();
