@@ -7,19 +7,29 @@
 //!
 //! See `docs/internals/protocol.md` for the event/action model and the persistence rules.
 
+pub mod codec;
 pub mod config;
+pub mod error;
 pub mod event;
 pub mod membership;
 pub mod message;
 pub mod raft;
 pub mod rng;
 pub mod session;
+pub mod state_machine;
+pub mod storage;
+pub mod transport;
 pub mod types;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod sim;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::{ConfigError, RaftConfig};
+pub use error::{
+    CommandError, CommandResult, HandlerError, NodeError, StateMachineError, StorageError,
+};
 pub use event::{Action, ClientError, Event, Proposal, ReadConsistency, Reply};
 pub use membership::{MembershipChange, MembershipConfig, MembershipError};
 pub use message::{AppendResult, Message, MessageBody};
@@ -27,6 +37,9 @@ pub use raft::progress::{Progress, ReplicationState};
 pub use raft::{InitError, InitialState, Raft, Role, Status};
 pub use rng::Rng;
 pub use session::{SessionCheck, SessionTable};
+pub use state_machine::{Command, KvStateMachine, StateMachine, StateMachineTrait};
+pub use storage::{LogStore, MemLogStore, MemSnapshotStore, SnapshotStore, StoredLog};
+pub use transport::{Transport, TransportError};
 pub use types::{
     ClientSession, Entry, EntryPayload, HardState, Index, LogId, NodeId, RequestId, SnapshotMeta,
     Term,

@@ -1,0 +1,84 @@
+//! The replicated state machine users bring: [`StateMachine`] (the full, async trait), the
+//! seed-shaped minimal [`StateMachineTrait`] that adapts to it blanket-wise, and the default
+//! [`KvStateMachine`].
+
+mod compat;
+mod kv;
+
+pub use compat::{SharedStateMachine, StateMachineTrait};
+pub use kv::{KvCommand, KvQuery, KvResponse, KvStateMachine};
+
+use std::io::{Read, Write};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::{CommandResult, StateMachineError};
+use crate::types::{ClientSession, LogId};
+
+/// One committed command, as handed to [`StateMachine::apply`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    /// Position of the command in the log.
+    pub log_id: LogId,
+    /// The client session it was proposed with, if any. Duplicates are already filtered out
+    /// by the handler; this is informational.
+    pub session: Option<ClientSession>,
+    /// The command bytes, as proposed.
+    pub data: Bytes,
+}
+
+/// A deterministic replicated state machine.
+///
+/// Every replica applies the same commands in the same order; `apply` must give the same
+/// answer and the same state on every replica (no clocks, no randomness, no I/O whose result
+/// can differ). Errors split in two:
+/// - a [`crate::error::CommandError`] inside `Ok(..)` is the command's deterministic answer
+///   ("unknown command"), returned to the client; the node carries on;
+/// - a [`StateMachineError`] means the machine itself failed (disk error): the node stops
+///   (fail-stop) rather than diverge from its peers.
+#[async_trait]
+pub trait StateMachine: Send + Sync + 'static {
+    /// Applies one committed command.
+    async fn apply(&self, command: &Command) -> Result<CommandResult, StateMachineError>;
+
+    /// Applies a batch of consecutive committed commands, returning one result per command.
+    /// The default applies them one by one; durable machines override it to write the batch
+    /// (and its last index) atomically.
+    async fn apply_chunk(
+        &self,
+        commands: &[Command],
+    ) -> Result<Vec<CommandResult>, StateMachineError> {
+        let mut out = Vec::with_capacity(commands.len());
+        for c in commands {
+            out.push(self.apply(c).await?);
+        }
+        Ok(out)
+    }
+
+    /// Answers a read-only query against the current state. Must not change the state.
+    fn query(&self, query: &[u8]) -> CommandResult;
+
+    /// Writes a snapshot of the complete current state to `out`.
+    async fn snapshot(&self, out: &mut (dyn Write + Send)) -> Result<(), StateMachineError>;
+
+    /// Replaces the complete state with the snapshot read from `input`, taken at `last`. On
+    /// error the previous state must be intact.
+    async fn restore(
+        &self,
+        last: LogId,
+        input: &mut (dyn Read + Send),
+    ) -> Result<(), StateMachineError>;
+
+    /// For machines that persist their own state: the last entry applied and durable. The
+    /// handler then skips entries at or below it after a restart. `None` (the default) means
+    /// the machine is rebuilt from the latest snapshot and the log at every start.
+    fn last_applied(&self) -> Option<LogId> {
+        None
+    }
+
+    /// Optional housekeeping, called after a snapshot was taken.
+    async fn compact(&self) -> Result<(), StateMachineError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,256 @@
+//! In-memory [`LogStore`] and [`SnapshotStore`]: no durability across processes, but they
+//! keep a "durable" image that survives a simulated crash ([`MemLogStore::crash_copy`]),
+//! which is what tests of the runtime need.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use super::{LogStore, SnapshotStore, StoredLog};
+use crate::error::StorageError;
+use crate::types::{Entry, HardState, Index, LogId, SnapshotMeta, Term};
+
+#[derive(Clone, Debug, Default)]
+struct Image {
+    hard_state: HardState,
+    snapshot: Option<SnapshotMeta>,
+    offset: LogId,
+    entries: Vec<Entry>,
+}
+
+impl Image {
+    fn last(&self) -> LogId {
+        self.entries.last().map_or(self.offset, |e| e.log_id)
+    }
+}
+
+/// An in-memory log store. `sync` copies the working image into a shared "durable" image;
+/// [`MemLogStore::crash_copy`] opens a new store on that durable image only, as a restarted
+/// process would find it.
+#[derive(Debug, Default)]
+pub struct MemLogStore {
+    work: Image,
+    durable: Arc<Mutex<Image>>,
+    /// Test hook: the next `sync` fails (to exercise fail-stop).
+    fail_sync: Arc<Mutex<bool>>,
+}
+
+impl MemLogStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A store that recovers the durable image of this one (what survives a crash).
+    pub fn crash_copy(&self) -> Self {
+        let img = self.durable.lock().map(|g| g.clone()).unwrap_or_default();
+        Self {
+            work: img.clone(),
+            durable: Arc::new(Mutex::new(img)),
+            fail_sync: Arc::default(),
+        }
+    }
+
+    /// A handle that makes the next `sync` fail, for fail-stop tests.
+    pub fn sync_failure_switch(&self) -> Arc<Mutex<bool>> {
+        self.fail_sync.clone()
+    }
+
+    fn pos(&self, index: Index) -> Option<usize> {
+        index
+            .checked_sub(self.work.offset.index + 1)
+            .map(|p| p as usize)
+            .filter(|p| *p < self.work.entries.len())
+    }
+}
+
+impl LogStore for MemLogStore {
+    fn load(&mut self) -> Result<StoredLog, StorageError> {
+        Ok(StoredLog {
+            hard_state: self.work.hard_state,
+            snapshot: self.work.snapshot.clone(),
+            log_offset: self.work.offset,
+            entries: self.work.entries.clone(),
+        })
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        let last = self.work.last();
+        if first.log_id.index != last.index + 1 {
+            return Err(StorageError::NotContiguous {
+                last,
+                found: first.log_id,
+            });
+        }
+        self.work.entries.extend_from_slice(entries);
+        Ok(())
+    }
+
+    fn truncate(&mut self, from: Index) -> Result<(), StorageError> {
+        let keep = from.saturating_sub(self.work.offset.index + 1) as usize;
+        self.work.entries.truncate(keep);
+        Ok(())
+    }
+
+    fn purge(&mut self, up_to: LogId) -> Result<(), StorageError> {
+        if up_to.index <= self.work.offset.index {
+            return Ok(());
+        }
+        let n = ((up_to.index - self.work.offset.index) as usize).min(self.work.entries.len());
+        self.work.entries.drain(..n);
+        self.work.offset = up_to;
+        Ok(())
+    }
+
+    fn save_hard_state(&mut self, hs: &HardState) -> Result<(), StorageError> {
+        self.work.hard_state = *hs;
+        Ok(())
+    }
+
+    fn save_snapshot_meta(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        self.work.snapshot = Some(meta.clone());
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        if let Ok(mut f) = self.fail_sync.lock() {
+            if std::mem::take(&mut *f) {
+                return Err(StorageError::io(
+                    "memory log store: injected sync failure",
+                    std::io::Error::other("injected"),
+                ));
+            }
+        }
+        match self.durable.lock() {
+            Ok(mut d) => {
+                *d = self.work.clone();
+                Ok(())
+            }
+            Err(_) => Err(StorageError::Other("memory log store lock poisoned".into())),
+        }
+    }
+
+    fn entries(&mut self, from: Index, to: Index) -> Result<Vec<Entry>, StorageError> {
+        if from > to {
+            return Ok(Vec::new());
+        }
+        if from <= self.work.offset.index {
+            return Err(StorageError::Compacted {
+                index: from,
+                first_kept_after: self.work.offset.index,
+            });
+        }
+        match (self.pos(from), self.pos(to)) {
+            (Some(a), Some(b)) => Ok(self.work.entries[a..=b].to_vec()),
+            _ => Err(StorageError::Unavailable {
+                index: to,
+                last: self.work.last().index,
+            }),
+        }
+    }
+
+    fn term(&mut self, index: Index) -> Result<Option<Term>, StorageError> {
+        if index == self.work.offset.index {
+            return Ok(Some(self.work.offset.term));
+        }
+        Ok(self.pos(index).map(|p| self.work.entries[p].log_id.term))
+    }
+
+    fn bounds(&self) -> (LogId, LogId) {
+        (self.work.offset, self.work.last())
+    }
+}
+
+/// An in-memory snapshot store. Clones share the same snapshots (so a "restarted" node in a
+/// test finds them).
+#[derive(Clone, Debug, Default)]
+pub struct MemSnapshotStore {
+    snaps: Arc<Mutex<BTreeMap<LogId, (SnapshotMeta, Bytes)>>>,
+}
+
+impl MemSnapshotStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, BTreeMap<LogId, (SnapshotMeta, Bytes)>>, StorageError>
+    {
+        self.snaps
+            .lock()
+            .map_err(|_| StorageError::Other("memory snapshot store lock poisoned".into()))
+    }
+}
+
+impl SnapshotStore for MemSnapshotStore {
+    fn save(&self, meta: &SnapshotMeta, data: Bytes) -> Result<(), StorageError> {
+        self.lock()?.insert(meta.last_log_id, (meta.clone(), data));
+        Ok(())
+    }
+
+    fn load(&self, last: LogId) -> Result<Option<Bytes>, StorageError> {
+        Ok(self.lock()?.get(&last).map(|(_, d)| d.clone()))
+    }
+
+    fn list(&self) -> Result<Vec<SnapshotMeta>, StorageError> {
+        Ok(self.lock()?.values().map(|(m, _)| m.clone()).collect())
+    }
+
+    fn retain(&self, keep: usize) -> Result<(), StorageError> {
+        let mut s = self.lock()?;
+        while s.len() > keep {
+            s.pop_first();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::EntryPayload;
+
+    fn e(term: Term, index: Index) -> Entry {
+        Entry {
+            log_id: LogId::new(term, index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    #[test]
+    fn only_synced_writes_survive_a_crash() {
+        let mut s = MemLogStore::new();
+        s.append(&[e(1, 1), e(1, 2)]).unwrap();
+        s.sync().unwrap();
+        s.append(&[e(1, 3)]).unwrap();
+        let mut c = s.crash_copy();
+        assert_eq!(c.load().unwrap().entries, vec![e(1, 1), e(1, 2)]);
+    }
+
+    #[test]
+    fn purge_beyond_the_end_leaves_an_empty_log_after_the_point() {
+        let mut s = MemLogStore::new();
+        s.append(&[e(1, 1), e(1, 2)]).unwrap();
+        s.purge(LogId::new(3, 10)).unwrap();
+        assert_eq!(s.bounds(), (LogId::new(3, 10), LogId::new(3, 10)));
+        s.append(&[e(3, 11)]).unwrap();
+        assert!(matches!(
+            s.entries(5, 11),
+            Err(StorageError::Compacted { .. })
+        ));
+        assert_eq!(s.entries(11, 11).unwrap(), vec![e(3, 11)]);
+    }
+
+    #[test]
+    fn a_gap_in_appends_is_refused() {
+        let mut s = MemLogStore::new();
+        let err = s.append(&[e(1, 2)]).unwrap_err();
+        assert!(matches!(err, StorageError::NotContiguous { .. }), "{err}");
+    }
+}

@@ -1,0 +1,1 @@
+//! The `LogStoreTestSuite` (being written).

@@ -1,0 +1,4 @@
+//! Reusable conformance suites for storage backends and state machines (feature `testing`).
+
+pub mod log_store_suite;
+pub mod sm_suite;

@@ -1,0 +1,1 @@
+//! The `StateMachineTestSuite` (being written).

@@ -1,0 +1,1 @@
+//! lockstep-storage-file: being written (issue 4).
