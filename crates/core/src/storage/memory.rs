@@ -36,20 +36,42 @@ pub struct MemLogStore {
     fail_sync: Arc<Mutex<bool>>,
 }
 
+/// The "disk" under a [`MemLogStore`]: what its last successful `sync` made durable. Opening
+/// it again gives the store a restarted process would find after a crash.
+#[derive(Clone, Debug, Default)]
+pub struct MemDisk(Arc<Mutex<Image>>);
+
+impl MemDisk {
+    /// An empty disk.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Opens a store on this disk, recovering only what was synced.
+    pub fn open(&self) -> MemLogStore {
+        let img = self.0.lock().map(|g| g.clone()).unwrap_or_default();
+        MemLogStore {
+            work: img,
+            durable: self.0.clone(),
+            fail_sync: Arc::default(),
+        }
+    }
+}
+
 impl MemLogStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// The disk under this store.
+    pub fn disk(&self) -> MemDisk {
+        MemDisk(self.durable.clone())
+    }
+
     /// A store that recovers the durable image of this one (what survives a crash).
     pub fn crash_copy(&self) -> Self {
-        let img = self.durable.lock().map(|g| g.clone()).unwrap_or_default();
-        Self {
-            work: img.clone(),
-            durable: Arc::new(Mutex::new(img)),
-            fail_sync: Arc::default(),
-        }
+        self.disk().open()
     }
 
     /// A handle that makes the next `sync` fail, for fail-stop tests.

@@ -15,7 +15,7 @@
 
 mod memory;
 
-pub use memory::{MemLogStore, MemSnapshotStore};
+pub use memory::{MemDisk, MemLogStore, MemSnapshotStore};
 
 use bytes::Bytes;
 

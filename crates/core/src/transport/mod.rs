@@ -1,9 +1,9 @@
 //! How protocol messages and snapshots travel between nodes: the [`Transport`] trait and the
 //! in-process [`ChannelNetwork`] used by embedded clusters, tests and benchmarks.
 
+mod channel;
 
-
-
+pub use channel::{ChannelNetwork, ChannelTransport};
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -1,0 +1,146 @@
+//! The applier: a task that owns the state machine handler's write path, so a slow `apply`
+//! never stalls heartbeats. Jobs arrive in log order; reads run after every apply queued
+//! before them; snapshots are built on their own task.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::input::{Input, Reply};
+use super::log_writer::LogOp;
+use crate::error::NodeError;
+use crate::event::{ClientError, Event};
+use crate::handler::StateMachineHandler;
+use crate::types::{Entry, Index, SnapshotMeta};
+
+/// Work for the applier.
+pub(crate) enum ApplyJob {
+    /// Apply committed entries and answer the local clients waiting for them.
+    Entries {
+        entries: Vec<Entry>,
+        waiters: Vec<(Index, Reply<Bytes>)>,
+    },
+    /// Run reads whose read index is applied (everything queued before them).
+    Reads(Vec<(Bytes, Reply<Bytes>)>),
+    /// Install the snapshot received from the leader.
+    Install {
+        meta: SnapshotMeta,
+        reset_log: bool,
+    },
+    /// Build a snapshot now.
+    Build(Reply<Option<SnapshotMeta>>),
+    /// Finish queued work and stop.
+    Stop(oneshot::Sender<()>),
+}
+
+pub(crate) struct Applier {
+    pub(crate) handler: Arc<dyn StateMachineHandler>,
+    pub(crate) jobs: mpsc::UnboundedReceiver<ApplyJob>,
+    pub(crate) core: mpsc::UnboundedSender<Input>,
+    pub(crate) log: mpsc::UnboundedSender<LogOp>,
+    pub(crate) building: Arc<AtomicBool>,
+}
+
+impl Applier {
+    pub(crate) async fn run(mut self) {
+        while let Some(job) = self.jobs.recv().await {
+            match job {
+                ApplyJob::Entries { entries, waiters } => {
+                    if !self.apply(entries, waiters).await {
+                        return;
+                    }
+                }
+                ApplyJob::Reads(reads) => {
+                    for (q, reply) in reads {
+                        let _ = reply.send(self.handler.query(&q).map_err(NodeError::Rejected));
+                    }
+                }
+                ApplyJob::Install { meta, reset_log } => match self.handler.install_snapshot(&meta).await {
+                    Ok(()) => {
+                        let _ = self.log.send(LogOp::SnapshotInstalled { meta, reset_log });
+                    }
+                    Err(e) => {
+                        tracing::warn!(snapshot = %meta.last_log_id, error = %e, "snapshot install failed; old state kept");
+                        let _ = self.core.send(Input::Event(Event::SnapshotInstallFailed(meta)));
+                    }
+                },
+                ApplyJob::Build(reply) => {
+                    self.building.store(true, Ordering::Release);
+                    self.spawn_build(Some(reply));
+                }
+                ApplyJob::Stop(done) => {
+                    let _ = done.send(());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Applies entries; false if the node must stop.
+    async fn apply(&mut self, entries: Vec<Entry>, waiters: Vec<(Index, Reply<Bytes>)>) -> bool {
+        let Some(last) = entries.last().map(|e| e.log_id.index) else {
+            return true;
+        };
+        match self.handler.apply(&entries).await {
+            Ok(results) => {
+                let mut results = results.into_iter().peekable();
+                for (idx, reply) in waiters {
+                    while results.next_if(|(i, _)| *i < idx).is_some() {}
+                    let out = match results.next_if(|(i, _)| *i == idx) {
+                        Some((_, r)) => r.map_err(NodeError::Rejected),
+                        None => Err(NodeError::Client(ClientError::ProposalDropped)),
+                    };
+                    let _ = reply.send(out);
+                }
+                let _ = self.core.send(Input::Event(Event::Applied(last)));
+                if !self.building.load(Ordering::Acquire) && self.handler.wants_snapshot() {
+                    self.building.store(true, Ordering::Release);
+                    self.spawn_build(None);
+                }
+                true
+            }
+            Err(e) => {
+                let reason = format!("state machine failed to apply up to {last}: {e}");
+                tracing::error!(%reason, "stopping the node");
+                for (_, reply) in waiters {
+                    let _ = reply.send(Err(NodeError::Stopped(reason.clone())));
+                }
+                let _ = self.core.send(Input::Fatal(reason));
+                false
+            }
+        }
+    }
+
+    fn spawn_build(&self, reply: Option<Reply<Option<SnapshotMeta>>>) {
+        let handler = self.handler.clone();
+        let log = self.log.clone();
+        let core = self.core.clone();
+        let building = self.building.clone();
+        tokio::spawn(async move {
+            match handler.build_snapshot().await {
+                Ok(Some(meta)) => {
+                    // `building` is cleared when the log store recorded it (core side).
+                    let _ = log.send(LogOp::SnapshotBuilt(meta.clone()));
+                    if let Some(r) = reply {
+                        let _ = r.send(Ok(Some(meta)));
+                    }
+                }
+                Ok(None) => {
+                    building.store(false, Ordering::Release);
+                    if let Some(r) = reply {
+                        let _ = r.send(Ok(None));
+                    }
+                }
+                Err(e) => {
+                    let reason = format!("building a snapshot failed: {e}");
+                    if let Some(r) = reply {
+                        let _ = r.send(Err(NodeError::Stopped(reason.clone())));
+                    }
+                    let _ = core.send(Input::Fatal(reason));
+                }
+            }
+        });
+    }
+}

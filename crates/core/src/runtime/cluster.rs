@@ -1,0 +1,249 @@
+//! An in-process cluster: N nodes in one tokio runtime, in-memory log stores, in-memory
+//! snapshot stores and a [`ChannelNetwork`]. Nodes can crash (losing what was not synced),
+//! restart, be partitioned and join. Used by tests, examples and benchmarks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{Node, NodeParts, RuntimeConfig, StartError};
+use crate::config::RaftConfig;
+use crate::error::NodeError;
+use crate::event::ClientError;
+use crate::handler::{DefaultStateMachineHandler, EntriesSince};
+use crate::membership::MembershipConfig;
+use crate::raft::Role;
+use crate::state_machine::{SharedStateMachine, StateMachine};
+use crate::storage::{MemDisk, MemSnapshotStore};
+use crate::transport::ChannelNetwork;
+use crate::types::{ClientSession, NodeId};
+
+/// Settings of an in-process cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// Protocol settings, used for every node (the id is set per node).
+    pub raft: RaftConfig,
+    /// Runtime settings.
+    pub runtime: RuntimeConfig,
+    /// Take a snapshot every this many applied entries.
+    pub snapshot_every: u64,
+    /// Seed for the nodes' randomness.
+    pub seed: u64,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            raft: RaftConfig::default(),
+            runtime: RuntimeConfig::default(),
+            snapshot_every: 1000,
+            seed: 1,
+        }
+    }
+}
+
+struct Member<S> {
+    node: Option<Node>,
+    disk: MemDisk,
+    snapshots: MemSnapshotStore,
+    machine: Arc<S>,
+    restarts: u64,
+}
+
+/// A cluster of nodes in this process.
+pub struct InProcessCluster<S: StateMachine> {
+    network: ChannelNetwork,
+    factory: Box<dyn Fn(NodeId) -> S + Send + Sync>,
+    members: BTreeMap<NodeId, Member<S>>,
+    opts: ClusterOptions,
+}
+
+impl<S: StateMachine> InProcessCluster<S> {
+    /// Starts a new cluster whose founding voters are `voters`; `factory` builds each node's
+    /// state machine (again after a crash).
+    pub async fn start(
+        voters: impl IntoIterator<Item = NodeId>,
+        factory: impl Fn(NodeId) -> S + Send + Sync + 'static,
+        opts: ClusterOptions,
+    ) -> Result<Self, StartError> {
+        let mut c = Self {
+            network: ChannelNetwork::new(),
+            factory: Box::new(factory),
+            members: BTreeMap::new(),
+            opts,
+        };
+        let voters: Vec<NodeId> = voters.into_iter().collect();
+        let config = MembershipConfig::new_voters(voters.iter().copied());
+        for id in voters {
+            c.launch(id, Some(config.clone())).await?;
+        }
+        Ok(c)
+    }
+
+    async fn launch(
+        &mut self,
+        id: NodeId,
+        bootstrap: Option<MembershipConfig>,
+    ) -> Result<(), StartError> {
+        let (disk, snapshots, restarts) = match self.members.get(&id) {
+            Some(m) => (m.disk.clone(), m.snapshots.clone(), m.restarts + 1),
+            None => (MemDisk::new(), MemSnapshotStore::new(), 0),
+        };
+        let machine = Arc::new((self.factory)(id));
+        let handler = DefaultStateMachineHandler::new(
+            Arc::new(SharedStateMachine(machine.clone())),
+            Arc::new(snapshots.clone()),
+            EntriesSince(self.opts.snapshot_every),
+        );
+        let node = Node::start(NodeParts {
+            raft: RaftConfig {
+                id,
+                ..self.opts.raft.clone()
+            },
+            runtime: self.opts.runtime.clone(),
+            log_store: Box::new(disk.open()),
+            handler: Arc::new(handler),
+            transport: self.network.transport(id),
+            bootstrap,
+            seed: self
+                .opts
+                .seed
+                .wrapping_mul(31)
+                .wrapping_add(id)
+                .wrapping_add(restarts << 32),
+        })
+        .await?;
+        self.network.register(node.inbox());
+        self.members.insert(
+            id,
+            Member {
+                node: Some(node),
+                disk,
+                snapshots,
+                machine,
+                restarts,
+            },
+        );
+        Ok(())
+    }
+
+    /// The network, to cut and heal links.
+    pub fn network(&self) -> &ChannelNetwork {
+        &self.network
+    }
+
+    /// A running node.
+    pub fn node(&self, id: NodeId) -> Option<&Node> {
+        self.members.get(&id).and_then(|m| m.node.as_ref())
+    }
+
+    /// Every running node.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.members.values().filter_map(|m| m.node.as_ref())
+    }
+
+    /// Ids of every member ever started (running or crashed).
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.members.keys().copied().collect()
+    }
+
+    /// The state machine of node `id` (its current incarnation).
+    pub fn machine(&self, id: NodeId) -> Option<Arc<S>> {
+        self.members.get(&id).map(|m| m.machine.clone())
+    }
+
+    /// Waits until a running node leads in a term no running node has passed, and returns it.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<Node, NodeError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let max_term = self.nodes().map(|n| n.status().term).max().unwrap_or(0);
+            if let Some(n) = self
+                .nodes()
+                .find(|n| {
+                    let s = n.status();
+                    s.role == Role::Leader && s.term == max_term
+                })
+            {
+                return Ok(n.clone());
+            }
+            if Instant::now() >= deadline {
+                return Err(NodeError::Timeout(timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Crashes node `id`: it stops at once and loses every write it had not synced.
+    pub async fn crash(&mut self, id: NodeId) {
+        self.network.unregister(id);
+        if let Some(node) = self.members.get_mut(&id).and_then(|m| m.node.take()) {
+            node.crash().await;
+        }
+    }
+
+    /// Restarts a crashed or stopped node from what its storage holds.
+    pub async fn restart(&mut self, id: NodeId) -> Result<(), StartError> {
+        self.crash(id).await;
+        self.launch(id, None).await
+    }
+
+    /// Starts a new, empty node that is not a member yet; add it with
+    /// [`Node::add_learner`] on the leader.
+    pub async fn add_node(&mut self, id: NodeId) -> Result<&Node, StartError> {
+        self.launch(id, None).await?;
+        self.node(id)
+            .ok_or_else(|| StartError::Storage(crate::error::StorageError::Other("node vanished".into())))
+    }
+
+    /// Proposes through whichever node leads, retrying with the same session on leader
+    /// changes and unknown outcomes until `timeout`.
+    pub async fn propose(
+        &self,
+        session: ClientSession,
+        command: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<Bytes, NodeError> {
+        let command = command.into();
+        let deadline = Instant::now() + timeout;
+        let mut last_err = NodeError::Timeout(timeout);
+        while Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let leader = match self.wait_for_leader(left).await {
+                Ok(l) => l,
+                Err(e) => return Err(e),
+            };
+            match leader.propose_with_session(session, command.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(e @ NodeError::Rejected(_)) => return Err(e),
+                Err(e) => {
+                    if !retryable(&e) {
+                        return Err(e);
+                    }
+                    last_err = e;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        Err(last_err)
+    }
+
+    /// Stops every node gracefully.
+    pub async fn shutdown(&mut self) {
+        for m in self.members.values_mut() {
+            if let Some(n) = m.node.take() {
+                let _ = n.shutdown().await;
+            }
+        }
+    }
+}
+
+/// True if a request may be retried (with the same session) on the current leader.
+pub fn retryable(e: &NodeError) -> bool {
+    match e {
+        NodeError::Client(ClientError::InvalidMembership(_)) => false,
+        NodeError::Client(_) | NodeError::Timeout(_) | NodeError::Stopped(_) | NodeError::Overloaded(_) => true,
+        NodeError::Rejected(_) => false,
+    }
+}

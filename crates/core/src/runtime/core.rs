@@ -1,0 +1,297 @@
+//! The core task: owns the protocol, feeds it inputs and executes its actions mechanically.
+//! It makes no protocol decision of its own.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::MissedTickBehavior;
+
+use super::applier::ApplyJob;
+use super::input::{Input, Pending};
+use super::log_writer::LogOp;
+use super::status::NodeStatus;
+use super::RuntimeConfig;
+use crate::error::NodeError;
+use crate::event::{Action, ClientError, Event, Proposal, Reply};
+use crate::handler::StateMachineHandler;
+use crate::message::{Message, MessageBody};
+use crate::raft::Raft;
+use crate::transport::Transport;
+use crate::types::RequestId;
+
+pub(crate) struct Core {
+    pub(crate) raft: Raft,
+    pub(crate) cfg: RuntimeConfig,
+    pub(crate) rx: mpsc::UnboundedReceiver<Input>,
+    pub(crate) me: mpsc::UnboundedSender<Input>,
+    pub(crate) log: mpsc::UnboundedSender<LogOp>,
+    pub(crate) log_thread: super::LogThread,
+    pub(crate) apply: mpsc::UnboundedSender<ApplyJob>,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) handler: Arc<dyn StateMachineHandler>,
+    pub(crate) status: watch::Sender<NodeStatus>,
+    pub(crate) building: Arc<AtomicBool>,
+    pub(crate) pending: HashMap<RequestId, Pending>,
+    pub(crate) next_id: RequestId,
+}
+
+/// What the loop does after an input.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Core {
+    pub(crate) async fn run(mut self) {
+        let mut ticker = tokio::time::interval(self.cfg.tick);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut ticks = 0u64;
+        let mut proposals = Vec::new();
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = ticker.tick() => {
+                    self.raft.step(Event::Tick);
+                    ticks += 1;
+                    None
+                }
+                input = self.rx.recv() => match input {
+                    Some(i) => Some(i),
+                    None => break,
+                },
+            };
+            let mut flow = Flow::Continue;
+            if let Some(input) = first {
+                flow = self.handle(input, &mut proposals);
+            }
+            let mut n = 0;
+            while matches!(flow, Flow::Continue) && n < 4096 {
+                match self.rx.try_recv() {
+                    Ok(input) => flow = self.handle(input, &mut proposals),
+                    Err(_) => break,
+                }
+                n += 1;
+                if proposals.len() >= self.cfg.max_proposal_batch {
+                    self.raft.step(Event::Propose(std::mem::take(&mut proposals)));
+                }
+            }
+            if !proposals.is_empty() {
+                self.raft.step(Event::Propose(std::mem::take(&mut proposals)));
+            }
+            self.execute();
+            if let Flow::Stop = flow {
+                break;
+            }
+            self.publish(ticks % 10 == 0);
+        }
+    }
+
+    fn handle(&mut self, input: Input, proposals: &mut Vec<Proposal>) -> Flow {
+        match input {
+            Input::Peer(m) => self.raft.step(Event::Message(m)),
+            Input::Event(e) => {
+                if matches!(e, Event::SnapshotBuilt(_)) {
+                    self.building.store(false, Ordering::Release);
+                }
+                self.raft.step(e)
+            }
+            Input::Propose {
+                session,
+                data,
+                reply,
+            } => {
+                if let Some(id) = self.register(Pending::Write(reply)) {
+                    proposals.push(Proposal { id, session, data });
+                }
+            }
+            Input::Read {
+                query,
+                consistency,
+                reply,
+            } => {
+                if let Some(id) = self.register(Pending::Read(query, reply)) {
+                    self.raft.step(Event::Read { id, consistency });
+                }
+            }
+            Input::Membership { change, reply } => {
+                if let Some(id) = self.register(Pending::Membership(reply)) {
+                    self.raft.step(Event::ChangeMembership { id, change });
+                }
+            }
+            Input::Transfer { to, reply } => {
+                if let Some(id) = self.register(Pending::Transfer(reply)) {
+                    self.raft.step(Event::TransferLeader { id, to });
+                }
+            }
+            Input::Snapshot { reply } => {
+                let _ = self.apply.send(ApplyJob::Build(reply));
+            }
+            Input::Fatal(reason) => {
+                self.stop(reason);
+                return Flow::Stop;
+            }
+            Input::Shutdown(done) => {
+                self.shutdown(done);
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Keeps a request until the protocol answers it; `None` (and the request refused) when
+    /// too many are in flight.
+    fn register(&mut self, p: Pending) -> Option<RequestId> {
+        if self.pending.len() >= self.cfg.max_pending_requests {
+            p.fail(NodeError::Overloaded(self.raft.id()));
+            return None;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.pending.insert(id, p);
+        Some(id)
+    }
+
+    /// Executes the protocol's actions in order.
+    fn execute(&mut self) {
+        for action in self.raft.take_actions() {
+            match action {
+                Action::SaveHardState(hs) => self.write(LogOp::HardState(hs)),
+                Action::TruncateLog { from, write } => self.write(LogOp::Truncate { from, write }),
+                Action::AppendLog { entries, write } => self.write(LogOp::Append { entries, write }),
+                Action::PurgeLog { up_to } => self.write(LogOp::Purge(up_to)),
+                Action::Send(msg) => self.send(msg),
+                Action::Apply { entries, waiters } => {
+                    let waiters = waiters
+                        .into_iter()
+                        .filter_map(|(idx, id)| match self.pending.remove(&id) {
+                            Some(Pending::Write(r)) => Some((idx, r)),
+                            Some(other) => {
+                                other.fail(NodeError::Stopped("internal: request kind mismatch".into()));
+                                None
+                            }
+                            None => None,
+                        })
+                        .collect();
+                    let _ = self.apply.send(ApplyJob::Entries { entries, waiters });
+                }
+                Action::InstallSnapshot { meta, reset_log } => {
+                    let _ = self.apply.send(ApplyJob::Install { meta, reset_log });
+                }
+                Action::ReadReady { ids, .. } => {
+                    let reads = ids
+                        .into_iter()
+                        .filter_map(|id| match self.pending.remove(&id) {
+                            Some(Pending::Read(q, r)) => Some((q, r)),
+                            _ => None,
+                        })
+                        .collect();
+                    let _ = self.apply.send(ApplyJob::Reads(reads));
+                }
+                Action::Respond { id, outcome } => {
+                    if let Some(p) = self.pending.remove(&id) {
+                        respond(p, outcome);
+                    }
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, op: LogOp) {
+        if self.log.send(op).is_err() {
+            // The writer stopped after an error; the Fatal input that follows stops the node.
+            tracing::debug!("log writer gone; dropping write");
+        }
+    }
+
+    fn send(&self, msg: Message) {
+        if let MessageBody::InstallSnapshot { meta } = &msg.body {
+            let meta = meta.clone();
+            let handler = self.handler.clone();
+            let transport = self.transport.clone();
+            let me = self.me.clone();
+            let to = msg.to;
+            tokio::spawn(async move {
+                let sent = match handler.snapshot_data(&meta).await {
+                    Ok(data) => transport
+                        .send_snapshot(msg, data)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = sent {
+                    tracing::warn!(to, snapshot = %meta.last_log_id, error = %e, "snapshot send failed");
+                    let _ = me.send(Input::Event(Event::SnapshotSendFailed(to)));
+                }
+            });
+        } else {
+            self.transport.send(msg);
+        }
+    }
+
+    fn publish(&self, force: bool) {
+        let s = self.raft.status();
+        self.status.send_if_modified(|cur| {
+            let changed = force
+                || cur.role != s.role
+                || cur.term != s.term
+                || cur.leader != s.leader
+                || cur.commit != s.commit
+                || cur.applied != s.applied
+                || cur.last_log_id != s.last_log_id
+                || cur.snapshot != s.snapshot
+                || cur.membership != s.membership;
+            if changed {
+                *cur = NodeStatus::from_protocol(s);
+            }
+            changed
+        });
+    }
+
+    fn fail_all(&mut self, reason: &str) {
+        for (_, p) in self.pending.drain() {
+            p.fail(NodeError::Stopped(reason.to_string()));
+        }
+        self.status.send_modify(|s| s.stopped = Some(reason.to_string()));
+    }
+
+    /// Fail-stop: nothing more is written or acknowledged.
+    fn stop(&mut self, reason: String) {
+        tracing::error!(node = self.raft.id(), %reason, "node stopped");
+        self.fail_all(&reason);
+    }
+
+    /// Graceful: every queued write is made durable, queued applies finish, then stop.
+    fn shutdown(&mut self, done: oneshot::Sender<()>) {
+        self.execute();
+        let _ = self.log.send(LogOp::Stop);
+        let thread = self.log_thread.lock().ok().and_then(|mut t| t.take());
+        let (tx, rx) = oneshot::channel();
+        let _ = self.apply.send(ApplyJob::Stop(tx));
+        self.fail_all("the node was shut down");
+        tokio::spawn(async move {
+            if let Some(t) = thread {
+                let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            }
+            let _ = rx.await;
+            let _ = done.send(());
+        });
+    }
+}
+
+/// Answers a request with the protocol's outcome.
+fn respond(p: Pending, outcome: Result<Reply, ClientError>) {
+    match (p, outcome) {
+        (p, Err(e)) => p.fail(NodeError::Client(e)),
+        (Pending::Membership(r), Ok(Reply::MembershipChanged(c))) => {
+            let _ = r.send(Ok(c));
+        }
+        (Pending::Transfer(r), Ok(Reply::LeaderTransferred(id))) => {
+            let _ = r.send(Ok(id));
+        }
+        (p, Ok(other)) => p.fail(NodeError::Stopped(format!(
+            "internal: unexpected reply {other:?}"
+        ))),
+    }
+}

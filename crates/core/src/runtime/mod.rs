@@ -1,0 +1,436 @@
+//! The runtime driver: runs one node's protocol on tokio, against a [`LogStore`], a
+//! [`Transport`] and a [`StateMachineHandler`].
+//!
+//! Three workers per node:
+//! - the **core task** owns the [`Raft`] protocol, takes client requests, peer messages,
+//!   ticks and I/O completions, and executes the protocol's actions in order;
+//! - the **log writer thread** owns the log store and does group commit: every write queued
+//!   goes to the store, then one `sync`, then "durable up to" is reported. The leader's own
+//!   append runs there while the core already sends the same entries to followers;
+//! - the **applier task** applies committed entries and serves reads, so a slow state
+//!   machine does not delay heartbeats; snapshots are built on a task of their own.
+
+mod applier;
+pub mod cluster;
+mod config;
+mod core;
+mod input;
+mod log_writer;
+mod status;
+
+pub use self::config::RuntimeConfig;
+pub use self::status::NodeStatus;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use self::input::Input;
+use crate::config::RaftConfig;
+use crate::error::{HandlerError, NodeError, StorageError};
+use crate::event::ReadConsistency;
+use crate::handler::StateMachineHandler;
+use crate::membership::{MembershipChange, MembershipConfig};
+use crate::message::{Message, MessageBody};
+use crate::raft::{InitError, InitialState, Raft, Role};
+use crate::storage::LogStore;
+use crate::transport::Transport;
+use crate::types::{ClientSession, NodeId, SnapshotMeta};
+
+/// How a read is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReadLevel {
+    /// Sees every write acknowledged before the read started (ReadIndex, thesis §6.4).
+    Linearizable,
+    /// As linearizable while the leader's lease holds (no round trip), else ReadIndex.
+    Lease,
+    /// The local state machine as it is: fast, possibly stale.
+    Eventual,
+}
+
+/// A node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A configuration value is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The log store could not be read.
+    #[error("loading the log store: {0}")]
+    Storage(#[from] StorageError),
+    /// The state machine could not be restored.
+    #[error("opening the state machine: {0}")]
+    Handler(#[from] HandlerError),
+    /// What was recovered does not fit together.
+    #[error("recovered state is inconsistent: {0}")]
+    Init(#[from] InitError),
+    /// A worker thread could not be started.
+    #[error("starting the log writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Everything a node is built from.
+pub struct NodeParts {
+    /// Protocol settings (including the node id).
+    pub raft: RaftConfig,
+    /// Runtime settings.
+    pub runtime: RuntimeConfig,
+    /// The node's log.
+    pub log_store: Box<dyn LogStore>,
+    /// The state machine and its lifecycle.
+    pub handler: Arc<dyn StateMachineHandler>,
+    /// How messages reach peers.
+    pub transport: Arc<dyn Transport>,
+    /// For a founding member of a new cluster: the initial configuration. Used only if the
+    /// log store is empty (a restarted node never bootstraps again).
+    pub bootstrap: Option<MembershipConfig>,
+    /// Seed of the protocol's randomness (election timeouts).
+    pub seed: u64,
+}
+
+/// The entry point for messages from peers: transports hand what they receive to it.
+#[derive(Clone)]
+pub struct NodeInbox {
+    id: NodeId,
+    tx: mpsc::UnboundedSender<Input>,
+    handler: Arc<dyn StateMachineHandler>,
+}
+
+impl NodeInbox {
+    /// The node this inbox belongs to.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Delivers a protocol message. Messages for another node are refused.
+    pub fn deliver(&self, msg: Message) -> Result<(), NodeError> {
+        if msg.to != self.id {
+            return Err(NodeError::Stopped(format!(
+                "message for node {} delivered to node {}",
+                msg.to, self.id
+            )));
+        }
+        self.tx
+            .send(Input::Peer(msg))
+            .map_err(|_| NodeError::Stopped("node is not running".into()))
+    }
+
+    /// Delivers an `InstallSnapshot` message with its data; the data is verified (checksum
+    /// and metadata) before the protocol sees the message.
+    pub async fn deliver_snapshot(&self, msg: Message, data: Bytes) -> Result<(), String> {
+        let MessageBody::InstallSnapshot { meta } = &msg.body else {
+            return Err(format!("{} is not an InstallSnapshot message", msg.body.kind()));
+        };
+        self.handler
+            .receive_snapshot(meta, data)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.deliver(msg).map_err(|e| e.to_string())
+    }
+}
+
+/// A handle to a running node. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    id: NodeId,
+    tx: mpsc::UnboundedSender<Input>,
+    status: watch::Receiver<NodeStatus>,
+    handler: Arc<dyn StateMachineHandler>,
+    cfg: RuntimeConfig,
+    killed: Arc<AtomicBool>,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    log: mpsc::UnboundedSender<log_writer::LogOp>,
+    log_thread: LogThread,
+}
+
+/// The log writer thread, joined by whoever stops the node.
+pub(crate) type LogThread = Arc<Mutex<Option<std::thread::JoinHandle<()>>>>;
+
+impl Node {
+    /// Recovers the node's state from its log store and state machine and starts it.
+    pub async fn start(parts: NodeParts) -> Result<Node, StartError> {
+        parts.raft.validate()?;
+        parts.runtime.validate()?;
+        let NodeParts {
+            raft: raft_cfg,
+            runtime,
+            mut log_store,
+            handler,
+            transport,
+            bootstrap,
+            seed,
+        } = parts;
+        let id = raft_cfg.id;
+        let (stored, log_store) = tokio::task::spawn_blocking(move || {
+            let mut stored = log_store.load()?;
+            let fresh = stored.entries.is_empty()
+                && stored.snapshot.is_none()
+                && stored.log_offset == Default::default()
+                && stored.hard_state == Default::default();
+            if let (true, Some(m)) = (fresh, bootstrap) {
+                let e = InitialState::bootstrap_entry(m);
+                log_store.append(std::slice::from_ref(&e))?;
+                log_store.sync()?;
+                tracing::info!(node = id, "bootstrapped a new cluster");
+                stored.entries.push(e);
+            }
+            Ok::<_, StorageError>((stored, log_store))
+        })
+        .await
+        .map_err(|e| StorageError::Other(format!("log store loader panicked: {e}")))??;
+        let applied = handler.open(stored.snapshot.as_ref()).await?;
+        let init = InitialState {
+            hard_state: stored.hard_state,
+            snapshot: stored.snapshot.unwrap_or_default(),
+            log_offset: stored.log_offset,
+            entries: stored.entries,
+            applied,
+        };
+        let raft = Raft::new(raft_cfg, init, seed)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (log_tx, log_rx) = mpsc::unbounded_channel();
+        let (apply_tx, apply_rx) = mpsc::unbounded_channel();
+        let killed = Arc::new(AtomicBool::new(false));
+        let log_thread = log_writer::spawn(id, log_store, log_rx, tx.clone(), killed.clone())
+            .map_err(StartError::Thread)?;
+        let log_thread: LogThread = Arc::new(Mutex::new(Some(log_thread)));
+        let (status_tx, status_rx) = watch::channel(NodeStatus::from_protocol(raft.status()));
+        let building = Arc::new(AtomicBool::new(false));
+        let applier = applier::Applier {
+            handler: handler.clone(),
+            jobs: apply_rx,
+            core: tx.clone(),
+            log: log_tx.clone(),
+            building: building.clone(),
+        };
+        let core = core::Core {
+            raft,
+            cfg: runtime.clone(),
+            rx,
+            me: tx.clone(),
+            log: log_tx.clone(),
+            log_thread: log_thread.clone(),
+            apply: apply_tx,
+            transport,
+            handler: handler.clone(),
+            status: status_tx,
+            building,
+            pending: Default::default(),
+            next_id: 1,
+        };
+        let tasks = vec![tokio::spawn(applier.run()), tokio::spawn(core.run())];
+        Ok(Node {
+            id,
+            tx,
+            status: status_rx,
+            handler,
+            cfg: runtime,
+            killed,
+            tasks: Arc::new(Mutex::new(tasks)),
+            log: log_tx,
+            log_thread,
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Where transports deliver messages for this node.
+    pub fn inbox(&self) -> NodeInbox {
+        NodeInbox {
+            id: self.id,
+            tx: self.tx.clone(),
+            handler: self.handler.clone(),
+        }
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, NodeError>>) -> Input,
+    ) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .map_err(|_| self.stopped_error())?;
+        match tokio::time::timeout(self.cfg.request_timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(self.stopped_error()),
+            Err(_) => Err(NodeError::Timeout(self.cfg.request_timeout)),
+        }
+    }
+
+    fn stopped_error(&self) -> NodeError {
+        NodeError::Stopped(
+            self.status
+                .borrow()
+                .stopped
+                .clone()
+                .unwrap_or_else(|| "the node is not running".into()),
+        )
+    }
+
+    /// Replicates a command and returns the state machine's answer once it is committed
+    /// (durable on a majority) and applied here. On a follower this fails with
+    /// `NotLeader` and the leader's id, if known.
+    pub async fn propose(&self, command: impl Into<Bytes>) -> Result<Bytes, NodeError> {
+        let data = command.into();
+        self.request(|reply| Input::Propose {
+            session: None,
+            data,
+            reply,
+        })
+        .await
+    }
+
+    /// As [`Node::propose`], with a client session: retrying with the same session after an
+    /// unknown outcome applies the command at most once and returns its original answer.
+    pub async fn propose_with_session(
+        &self,
+        session: ClientSession,
+        command: impl Into<Bytes>,
+    ) -> Result<Bytes, NodeError> {
+        let data = command.into();
+        self.request(|reply| Input::Propose {
+            session: Some(session),
+            data,
+            reply,
+        })
+        .await
+    }
+
+    /// Runs a read-only query at the given consistency level.
+    pub async fn read(&self, query: impl Into<Bytes>, level: ReadLevel) -> Result<Bytes, NodeError> {
+        let query = query.into();
+        let consistency = match level {
+            ReadLevel::Eventual => return self.query(query).await,
+            ReadLevel::Linearizable => ReadConsistency::Linearizable,
+            ReadLevel::Lease => ReadConsistency::Lease,
+        };
+        self.request(|reply| Input::Read {
+            query,
+            consistency,
+            reply,
+        })
+        .await
+    }
+
+    /// Runs a query against the local state machine as it is now (eventual consistency).
+    pub async fn query(&self, query: impl AsRef<[u8]>) -> Result<Bytes, NodeError> {
+        if self.tx.is_closed() {
+            return Err(self.stopped_error());
+        }
+        self.handler.query(query.as_ref()).map_err(NodeError::Rejected)
+    }
+
+    /// Applies a membership change (leader only) and returns the configuration in force once
+    /// it is committed.
+    pub async fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<MembershipConfig, NodeError> {
+        self.request(|reply| Input::Membership { change, reply }).await
+    }
+
+    /// Adds a non-voting learner that receives the log.
+    pub async fn add_learner(&self, id: NodeId) -> Result<MembershipConfig, NodeError> {
+        self.change_membership(MembershipChange::AddLearner(id)).await
+    }
+
+    /// Makes exactly `voters` the voting members (joint consensus when more than one voter
+    /// changes).
+    pub async fn set_voters(
+        &self,
+        voters: impl IntoIterator<Item = NodeId>,
+    ) -> Result<MembershipConfig, NodeError> {
+        let set: BTreeSet<NodeId> = voters.into_iter().collect();
+        self.change_membership(MembershipChange::SetVoters(set)).await
+    }
+
+    /// Hands leadership to `to` (a voter) and returns once it leads.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<NodeId, NodeError> {
+        self.request(|reply| Input::Transfer { to, reply }).await
+    }
+
+    /// Takes a snapshot now; `None` if nothing was applied since the latest one.
+    pub async fn trigger_snapshot(&self) -> Result<Option<SnapshotMeta>, NodeError> {
+        self.request(|reply| Input::Snapshot { reply }).await
+    }
+
+    /// The node's current status.
+    pub fn status(&self) -> NodeStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
+        self.status.clone()
+    }
+
+    /// True if this node currently believes it leads.
+    pub fn is_leader(&self) -> bool {
+        self.status.borrow().role == Role::Leader
+    }
+
+    /// Waits until the status satisfies `pred`, or `timeout` passes.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&NodeStatus) -> bool,
+    ) -> Result<NodeStatus, NodeError> {
+        let mut rx = self.status.clone();
+        let fut = async {
+            loop {
+                {
+                    let s = rx.borrow_and_update();
+                    if pred(&s) {
+                        return Ok(s.clone());
+                    }
+                    if let Some(r) = &s.stopped {
+                        return Err(NodeError::Stopped(r.clone()));
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return Err(NodeError::Stopped("the node is not running".into()));
+                }
+            }
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| NodeError::Timeout(timeout))?
+    }
+
+    /// Stops gracefully: queued log writes are made durable, queued applies finish, pending
+    /// requests fail with [`NodeError::Stopped`].
+    pub async fn shutdown(&self) -> Result<(), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Input::Shutdown(tx)).is_err() {
+            return Ok(());
+        }
+        let _ = rx.await;
+        Ok(())
+    }
+
+    /// Simulates a crash (for tests): the node stops at once, and log writes not yet synced
+    /// are never synced. Durable state is what a restarted process would find.
+    pub async fn crash(&self) {
+        self.killed.store(true, Ordering::Release);
+        let tasks: Vec<_> = self.tasks.lock().map(|mut t| t.drain(..).collect()).unwrap_or_default();
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        // Wake the writer so it sees the crash and exits without syncing.
+        let _ = self.log.send(log_writer::LogOp::Stop);
+        let thread = self.log_thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
