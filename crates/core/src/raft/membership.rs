@@ -77,6 +77,7 @@ impl MembershipLog {
     }
 
     /// One line listing every known configuration with its index, for diagnostics.
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn describe(&self) -> String {
         let mut out = format!("@{}: {}", self.base.0, self.base.1);
         for (i, c) in &self.entries {

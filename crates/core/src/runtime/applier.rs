@@ -25,10 +25,7 @@ pub(crate) enum ApplyJob {
     /// Run reads whose read index is applied (everything queued before them).
     Reads(Vec<(Bytes, Reply<Bytes>)>),
     /// Install the snapshot received from the leader.
-    Install {
-        meta: SnapshotMeta,
-        reset_log: bool,
-    },
+    Install { meta: SnapshotMeta, reset_log: bool },
     /// Build a snapshot now.
     Build(Reply<Option<SnapshotMeta>>),
     /// Finish queued work and stop.
@@ -57,15 +54,19 @@ impl Applier {
                         let _ = reply.send(self.handler.query(&q).map_err(NodeError::Rejected));
                     }
                 }
-                ApplyJob::Install { meta, reset_log } => match self.handler.install_snapshot(&meta).await {
-                    Ok(()) => {
-                        let _ = self.log.send(LogOp::SnapshotInstalled { meta, reset_log });
+                ApplyJob::Install { meta, reset_log } => {
+                    match self.handler.install_snapshot(&meta).await {
+                        Ok(()) => {
+                            let _ = self.log.send(LogOp::SnapshotInstalled { meta, reset_log });
+                        }
+                        Err(e) => {
+                            tracing::warn!(snapshot = %meta.last_log_id, error = %e, "snapshot install failed; old state kept");
+                            let _ = self
+                                .core
+                                .send(Input::Event(Event::SnapshotInstallFailed(meta)));
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(snapshot = %meta.last_log_id, error = %e, "snapshot install failed; old state kept");
-                        let _ = self.core.send(Input::Event(Event::SnapshotInstallFailed(meta)));
-                    }
-                },
+                }
                 ApplyJob::Build(reply) => {
                     self.building.store(true, Ordering::Release);
                     self.spawn_build(Some(reply));

@@ -3,7 +3,7 @@
 //! restart, be partitioned and join. Used by tests, examples and benchmarks.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -52,12 +52,24 @@ struct Member<S> {
     restarts: u64,
 }
 
-/// A cluster of nodes in this process.
+/// A cluster of nodes in this process. Clones share the same cluster, so load generators
+/// and the test that crashes nodes can hold it at the same time.
 pub struct InProcessCluster<S: StateMachine> {
     network: ChannelNetwork,
-    factory: Box<dyn Fn(NodeId) -> S + Send + Sync>,
-    members: BTreeMap<NodeId, Member<S>>,
+    factory: Arc<dyn Fn(NodeId) -> S + Send + Sync>,
+    members: Arc<Mutex<BTreeMap<NodeId, Member<S>>>>,
     opts: ClusterOptions,
+}
+
+impl<S: StateMachine> Clone for InProcessCluster<S> {
+    fn clone(&self) -> Self {
+        Self {
+            network: self.network.clone(),
+            factory: self.factory.clone(),
+            members: self.members.clone(),
+            opts: self.opts.clone(),
+        }
+    }
 }
 
 impl<S: StateMachine> InProcessCluster<S> {
@@ -68,10 +80,10 @@ impl<S: StateMachine> InProcessCluster<S> {
         factory: impl Fn(NodeId) -> S + Send + Sync + 'static,
         opts: ClusterOptions,
     ) -> Result<Self, StartError> {
-        let mut c = Self {
+        let c = Self {
             network: ChannelNetwork::new(),
-            factory: Box::new(factory),
-            members: BTreeMap::new(),
+            factory: Arc::new(factory),
+            members: Arc::default(),
             opts,
         };
         let voters: Vec<NodeId> = voters.into_iter().collect();
@@ -82,13 +94,21 @@ impl<S: StateMachine> InProcessCluster<S> {
         Ok(c)
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Member<S>>> {
+        self.members.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     async fn launch(
-        &mut self,
+        &self,
         id: NodeId,
         bootstrap: Option<MembershipConfig>,
     ) -> Result<(), StartError> {
-        let (disk, snapshots, restarts) = match self.members.get(&id) {
-            Some(m) => (m.disk.clone(), m.snapshots.clone(), m.restarts + 1),
+        let prev = self
+            .lock()
+            .get(&id)
+            .map(|m| (m.disk.clone(), m.snapshots.clone(), m.restarts + 1));
+        let (disk, snapshots, restarts) = match prev {
+            Some(p) => p,
             None => (MemDisk::new(), MemSnapshotStore::new(), 0),
         };
         let machine = Arc::new((self.factory)(id));
@@ -116,7 +136,7 @@ impl<S: StateMachine> InProcessCluster<S> {
         })
         .await?;
         self.network.register(node.inbox());
-        self.members.insert(
+        self.lock().insert(
             id,
             Member {
                 node: Some(node),
@@ -135,38 +155,39 @@ impl<S: StateMachine> InProcessCluster<S> {
     }
 
     /// A running node.
-    pub fn node(&self, id: NodeId) -> Option<&Node> {
-        self.members.get(&id).and_then(|m| m.node.as_ref())
+    pub fn node(&self, id: NodeId) -> Option<Node> {
+        self.lock().get(&id).and_then(|m| m.node.clone())
     }
 
     /// Every running node.
-    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
-        self.members.values().filter_map(|m| m.node.as_ref())
+    pub fn nodes(&self) -> Vec<Node> {
+        self.lock()
+            .values()
+            .filter_map(|m| m.node.clone())
+            .collect()
     }
 
     /// Ids of every member ever started (running or crashed).
     pub fn ids(&self) -> Vec<NodeId> {
-        self.members.keys().copied().collect()
+        self.lock().keys().copied().collect()
     }
 
     /// The state machine of node `id` (its current incarnation).
     pub fn machine(&self, id: NodeId) -> Option<Arc<S>> {
-        self.members.get(&id).map(|m| m.machine.clone())
+        self.lock().get(&id).map(|m| m.machine.clone())
     }
 
     /// Waits until a running node leads in a term no running node has passed, and returns it.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Result<Node, NodeError> {
         let deadline = Instant::now() + timeout;
         loop {
-            let max_term = self.nodes().map(|n| n.status().term).max().unwrap_or(0);
-            if let Some(n) = self
-                .nodes()
-                .find(|n| {
-                    let s = n.status();
-                    s.role == Role::Leader && s.term == max_term
-                })
-            {
-                return Ok(n.clone());
+            let nodes = self.nodes();
+            let max_term = nodes.iter().map(|n| n.status().term).max().unwrap_or(0);
+            if let Some(n) = nodes.into_iter().find(|n| {
+                let s = n.status();
+                s.role == Role::Leader && s.term == max_term
+            }) {
+                return Ok(n);
             }
             if Instant::now() >= deadline {
                 return Err(NodeError::Timeout(timeout));
@@ -176,25 +197,27 @@ impl<S: StateMachine> InProcessCluster<S> {
     }
 
     /// Crashes node `id`: it stops at once and loses every write it had not synced.
-    pub async fn crash(&mut self, id: NodeId) {
+    pub async fn crash(&self, id: NodeId) {
         self.network.unregister(id);
-        if let Some(node) = self.members.get_mut(&id).and_then(|m| m.node.take()) {
+        let node = self.lock().get_mut(&id).and_then(|m| m.node.take());
+        if let Some(node) = node {
             node.crash().await;
         }
     }
 
     /// Restarts a crashed or stopped node from what its storage holds.
-    pub async fn restart(&mut self, id: NodeId) -> Result<(), StartError> {
+    pub async fn restart(&self, id: NodeId) -> Result<(), StartError> {
         self.crash(id).await;
         self.launch(id, None).await
     }
 
     /// Starts a new, empty node that is not a member yet; add it with
     /// [`Node::add_learner`] on the leader.
-    pub async fn add_node(&mut self, id: NodeId) -> Result<&Node, StartError> {
+    pub async fn add_node(&self, id: NodeId) -> Result<Node, StartError> {
         self.launch(id, None).await?;
-        self.node(id)
-            .ok_or_else(|| StartError::Storage(crate::error::StorageError::Other("node vanished".into())))
+        self.node(id).ok_or_else(|| {
+            StartError::Storage(crate::error::StorageError::Other("node vanished".into()))
+        })
     }
 
     /// Proposes through whichever node leads, retrying with the same session on leader
@@ -230,11 +253,15 @@ impl<S: StateMachine> InProcessCluster<S> {
     }
 
     /// Stops every node gracefully.
-    pub async fn shutdown(&mut self) {
-        for m in self.members.values_mut() {
-            if let Some(n) = m.node.take() {
-                let _ = n.shutdown().await;
-            }
+    pub async fn shutdown(&self) {
+        let nodes: Vec<Node> = self
+            .lock()
+            .values_mut()
+            .filter_map(|m| m.node.take())
+            .collect();
+        for n in nodes {
+            self.network.unregister(n.id());
+            let _ = n.shutdown().await;
         }
     }
 }
@@ -243,7 +270,10 @@ impl<S: StateMachine> InProcessCluster<S> {
 pub fn retryable(e: &NodeError) -> bool {
     match e {
         NodeError::Client(ClientError::InvalidMembership(_)) => false,
-        NodeError::Client(_) | NodeError::Timeout(_) | NodeError::Stopped(_) | NodeError::Overloaded(_) => true,
+        NodeError::Client(_)
+        | NodeError::Timeout(_)
+        | NodeError::Stopped(_)
+        | NodeError::Overloaded(_) => true,
         NodeError::Rejected(_) => false,
     }
 }

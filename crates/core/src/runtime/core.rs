@@ -74,11 +74,13 @@ impl Core {
                 }
                 n += 1;
                 if proposals.len() >= self.cfg.max_proposal_batch {
-                    self.raft.step(Event::Propose(std::mem::take(&mut proposals)));
+                    self.raft
+                        .step(Event::Propose(std::mem::take(&mut proposals)));
                 }
             }
             if !proposals.is_empty() {
-                self.raft.step(Event::Propose(std::mem::take(&mut proposals)));
+                self.raft
+                    .step(Event::Propose(std::mem::take(&mut proposals)));
             }
             self.execute();
             if let Flow::Stop = flow {
@@ -159,7 +161,9 @@ impl Core {
             match action {
                 Action::SaveHardState(hs) => self.write(LogOp::HardState(hs)),
                 Action::TruncateLog { from, write } => self.write(LogOp::Truncate { from, write }),
-                Action::AppendLog { entries, write } => self.write(LogOp::Append { entries, write }),
+                Action::AppendLog { entries, write } => {
+                    self.write(LogOp::Append { entries, write })
+                }
                 Action::PurgeLog { up_to } => self.write(LogOp::Purge(up_to)),
                 Action::Send(msg) => self.send(msg),
                 Action::Apply { entries, waiters } => {
@@ -168,7 +172,9 @@ impl Core {
                         .filter_map(|(idx, id)| match self.pending.remove(&id) {
                             Some(Pending::Write(r)) => Some((idx, r)),
                             Some(other) => {
-                                other.fail(NodeError::Stopped("internal: request kind mismatch".into()));
+                                other.fail(NodeError::Stopped(
+                                    "internal: request kind mismatch".into(),
+                                ));
                                 None
                             }
                             None => None,
@@ -253,7 +259,8 @@ impl Core {
         for (_, p) in self.pending.drain() {
             p.fail(NodeError::Stopped(reason.to_string()));
         }
-        self.status.send_modify(|s| s.stopped = Some(reason.to_string()));
+        self.status
+            .send_modify(|s| s.stopped = Some(reason.to_string()));
     }
 
     /// Fail-stop: nothing more is written or acknowledged.

@@ -17,14 +17,23 @@ use crate::types::{Entry, HardState, Index, LogId, SnapshotMeta};
 #[derive(Debug)]
 pub(crate) enum LogOp {
     HardState(HardState),
-    Truncate { from: Index, write: u64 },
-    Append { entries: Vec<Entry>, write: u64 },
+    Truncate {
+        from: Index,
+        write: u64,
+    },
+    Append {
+        entries: Vec<Entry>,
+        write: u64,
+    },
     Purge(LogId),
     /// A snapshot was built: record it, then report [`Event::SnapshotBuilt`].
     SnapshotBuilt(SnapshotMeta),
     /// A snapshot was installed in the state machine: fix up the log, record it, then report
     /// [`Event::SnapshotInstalled`].
-    SnapshotInstalled { meta: SnapshotMeta, reset_log: bool },
+    SnapshotInstalled {
+        meta: SnapshotMeta,
+        reset_log: bool,
+    },
     /// Make everything durable and exit.
     Stop,
 }

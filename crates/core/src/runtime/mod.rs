@@ -122,7 +122,10 @@ impl NodeInbox {
     /// and metadata) before the protocol sees the message.
     pub async fn deliver_snapshot(&self, msg: Message, data: Bytes) -> Result<(), String> {
         let MessageBody::InstallSnapshot { meta } = &msg.body else {
-            return Err(format!("{} is not an InstallSnapshot message", msg.body.kind()));
+            return Err(format!(
+                "{} is not an InstallSnapshot message",
+                msg.body.kind()
+            ));
         };
         self.handler
             .receive_snapshot(meta, data)
@@ -254,9 +257,7 @@ impl Node {
         make: impl FnOnce(oneshot::Sender<Result<T, NodeError>>) -> Input,
     ) -> Result<T, NodeError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(make(tx))
-            .map_err(|_| self.stopped_error())?;
+        self.tx.send(make(tx)).map_err(|_| self.stopped_error())?;
         match tokio::time::timeout(self.cfg.request_timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(self.stopped_error()),
@@ -304,7 +305,11 @@ impl Node {
     }
 
     /// Runs a read-only query at the given consistency level.
-    pub async fn read(&self, query: impl Into<Bytes>, level: ReadLevel) -> Result<Bytes, NodeError> {
+    pub async fn read(
+        &self,
+        query: impl Into<Bytes>,
+        level: ReadLevel,
+    ) -> Result<Bytes, NodeError> {
         let query = query.into();
         let consistency = match level {
             ReadLevel::Eventual => return self.query(query).await,
@@ -324,7 +329,9 @@ impl Node {
         if self.tx.is_closed() {
             return Err(self.stopped_error());
         }
-        self.handler.query(query.as_ref()).map_err(NodeError::Rejected)
+        self.handler
+            .query(query.as_ref())
+            .map_err(NodeError::Rejected)
     }
 
     /// Applies a membership change (leader only) and returns the configuration in force once
@@ -333,12 +340,14 @@ impl Node {
         &self,
         change: MembershipChange,
     ) -> Result<MembershipConfig, NodeError> {
-        self.request(|reply| Input::Membership { change, reply }).await
+        self.request(|reply| Input::Membership { change, reply })
+            .await
     }
 
     /// Adds a non-voting learner that receives the log.
     pub async fn add_learner(&self, id: NodeId) -> Result<MembershipConfig, NodeError> {
-        self.change_membership(MembershipChange::AddLearner(id)).await
+        self.change_membership(MembershipChange::AddLearner(id))
+            .await
     }
 
     /// Makes exactly `voters` the voting members (joint consensus when more than one voter
@@ -348,7 +357,8 @@ impl Node {
         voters: impl IntoIterator<Item = NodeId>,
     ) -> Result<MembershipConfig, NodeError> {
         let set: BTreeSet<NodeId> = voters.into_iter().collect();
-        self.change_membership(MembershipChange::SetVoters(set)).await
+        self.change_membership(MembershipChange::SetVoters(set))
+            .await
     }
 
     /// Hands leadership to `to` (a voter) and returns once it leads.
@@ -419,7 +429,11 @@ impl Node {
     /// are never synced. Durable state is what a restarted process would find.
     pub async fn crash(&self) {
         self.killed.store(true, Ordering::Release);
-        let tasks: Vec<_> = self.tasks.lock().map(|mut t| t.drain(..).collect()).unwrap_or_default();
+        let tasks: Vec<_> = self
+            .tasks
+            .lock()
+            .map(|mut t| t.drain(..).collect())
+            .unwrap_or_default();
         for t in &tasks {
             t.abort();
         }
