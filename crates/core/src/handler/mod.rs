@@ -224,7 +224,11 @@ impl StateMachineHandler for DefaultStateMachineHandler {
                 EntryPayload::Membership(m) => st.membership = m.clone(),
                 EntryPayload::Command { session, data } => {
                     st.bytes_since += data.len() as u64;
-                    if session.is_some_and(|s| chunk.iter().any(|c| c.session.map(|x| x.client_id) == Some(s.client_id))) {
+                    if session.is_some_and(|s| {
+                        chunk
+                            .iter()
+                            .any(|c| c.session.map(|x| x.client_id) == Some(s.client_id))
+                    }) {
                         self.flush(&mut st, &mut chunk, &mut out).await?;
                     }
                     let check = match session {
@@ -350,10 +354,11 @@ impl StateMachineHandler for DefaultStateMachineHandler {
             .filter(|(m, _)| m == meta)
             .map(|(_, d)| d)
             .ok_or(HandlerError::MissingSnapshot(meta.last_log_id))?;
-        let env = envelope::decode(&data, Some(meta)).map_err(|detail| HandlerError::BadSnapshot {
-            last_log_id: meta.last_log_id,
-            detail,
-        })?;
+        let env =
+            envelope::decode(&data, Some(meta)).map_err(|detail| HandlerError::BadSnapshot {
+                last_log_id: meta.last_log_id,
+                detail,
+            })?;
         let mut st = self.state.lock().await;
         self.restore_from(&mut st, env).await?;
         let store = self.store.clone();
@@ -369,3 +374,6 @@ impl StateMachineHandler for DefaultStateMachineHandler {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,164 @@
+//! Unit tests of the default handler: sessions, snapshots by policy, verified installs.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::state_machine::StateMachineTrait;
+use crate::storage::MemSnapshotStore;
+use crate::types::ClientSession;
+
+/// Keeps the commands it applied; a snapshot starting with `!` fails to restore.
+#[derive(Default)]
+struct Log(Mutex<Vec<Vec<u8>>>);
+
+impl StateMachineTrait for Log {
+    fn apply(&self, command: &[u8]) -> Result<Bytes, String> {
+        if command == b"reject" {
+            return Err("rejected".into());
+        }
+        let mut v = self.0.lock().unwrap();
+        v.push(command.to_vec());
+        Ok(Bytes::from(v.len().to_string()))
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.lock().unwrap().join(&b","[..])
+    }
+    fn restore(&self, s: &[u8]) -> Result<(), String> {
+        if s.first() == Some(&b'!') {
+            return Err("refused".into());
+        }
+        *self.0.lock().unwrap() = s
+            .split(|b| *b == b',')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.to_vec())
+            .collect();
+        Ok(())
+    }
+}
+
+fn handler(policy: impl SnapshotPolicy) -> (DefaultStateMachineHandler, Arc<Log>, MemSnapshotStore) {
+    let m = Arc::new(Log::default());
+    let store = MemSnapshotStore::new();
+    let h = DefaultStateMachineHandler::new(
+        Arc::new(crate::state_machine::SharedStateMachine(m.clone())),
+        Arc::new(store.clone()),
+        policy,
+    );
+    (h, m, store)
+}
+
+fn cmd(index: Index, data: &'static [u8], session: Option<(u64, u64)>) -> Entry {
+    Entry {
+        log_id: LogId::new(1, index),
+        payload: EntryPayload::Command {
+            session: session.map(|(client_id, sequence)| ClientSession {
+                client_id,
+                sequence,
+            }),
+            data: Bytes::from_static(data),
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_retried_session_command_in_the_same_batch_is_applied_once_thesis_6_3() {
+    let (h, m, _) = handler(Never);
+    let out = h
+        .apply(&[
+            cmd(1, b"a", Some((1, 1))),
+            cmd(2, b"a", Some((1, 1))),
+            cmd(3, b"b", Some((1, 2))),
+            cmd(4, b"old", Some((1, 1))),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(m.0.lock().unwrap().len(), 2, "a and b applied once each");
+    assert_eq!(out[0], (1, Ok(Bytes::from("1"))));
+    assert_eq!(out[1], (2, Ok(Bytes::from("1"))), "the retry gets the first answer");
+    assert_eq!(out[2], (3, Ok(Bytes::from("2"))));
+    assert!(out[3].1.as_ref().unwrap_err().0.contains("stale"));
+    assert_eq!(h.applied(), 4);
+}
+
+#[tokio::test]
+async fn entries_at_or_below_the_applied_index_are_skipped() {
+    let (h, m, _) = handler(Never);
+    h.apply(&[cmd(1, b"a", None), cmd(2, b"b", None)]).await.unwrap();
+    let out = h.apply(&[cmd(2, b"b", None), cmd(3, b"c", None)]).await.unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(m.0.lock().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn the_policy_triggers_a_snapshot_that_restores_state_and_sessions_7() {
+    let (h, _, store) = handler(EntriesSince(3));
+    h.apply(&[cmd(1, b"a", Some((5, 1))), cmd(2, b"b", None)]).await.unwrap();
+    assert!(!h.wants_snapshot());
+    h.apply(&[cmd(3, b"c", None)]).await.unwrap();
+    assert!(h.wants_snapshot());
+    let meta = h.build_snapshot().await.unwrap().expect("a snapshot");
+    assert_eq!(meta.last_log_id, LogId::new(1, 3));
+    assert!(!h.wants_snapshot());
+    assert!(h.build_snapshot().await.unwrap().is_none(), "nothing new");
+
+    // A new node restores it: same state, and the session table came along.
+    let m2 = Arc::new(Log::default());
+    let h2 = DefaultStateMachineHandler::new(
+        Arc::new(crate::state_machine::SharedStateMachine(m2.clone())),
+        Arc::new(store),
+        Never,
+    );
+    assert_eq!(h2.open(Some(&meta)).await.unwrap(), 3);
+    assert_eq!(m2.0.lock().unwrap().len(), 3);
+    let out = h2.apply(&[cmd(4, b"a", Some((5, 1)))]).await.unwrap();
+    assert_eq!(out[0].1, Ok(Bytes::from("1")), "duplicate answered from the snapshot's table");
+    assert_eq!(m2.0.lock().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_corrupt_snapshot_from_the_leader_is_refused_before_anything_is_replaced_7() {
+    let (leader, _, _) = handler(Never);
+    leader.apply(&[cmd(1, b"x", None), cmd(2, b"y", None)]).await.unwrap();
+    let meta = leader.build_snapshot().await.unwrap().unwrap();
+    let data = leader.snapshot_data(&meta).await.unwrap();
+
+    let (follower, fm, _) = handler(Never);
+    follower.apply(&[cmd(1, b"q", None)]).await.unwrap();
+    let mut bad = data.to_vec();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 1;
+    let err = follower.receive_snapshot(&meta, Bytes::from(bad)).await.unwrap_err();
+    assert!(err.to_string().contains("checksum"), "{err}");
+    assert!(follower.install_snapshot(&meta).await.is_err(), "nothing to install");
+    assert_eq!(*fm.0.lock().unwrap(), vec![b"q".to_vec()], "old state intact");
+
+    follower.receive_snapshot(&meta, data).await.unwrap();
+    follower.install_snapshot(&meta).await.unwrap();
+    assert_eq!(fm.0.lock().unwrap().len(), 2);
+    assert_eq!(follower.applied(), 2);
+}
+
+#[tokio::test]
+async fn a_snapshot_the_machine_cannot_restore_leaves_the_old_state_and_applied_index() {
+    let (h, m, _) = handler(Never);
+    h.apply(&[cmd(1, b"!bad", None)]).await.unwrap();
+    let meta = h.build_snapshot().await.unwrap().unwrap();
+    let data = h.snapshot_data(&meta).await.unwrap();
+
+    let (f, fm, _) = handler(Never);
+    f.apply(&[cmd(1, b"keep", None)]).await.unwrap();
+    f.receive_snapshot(&meta, data).await.unwrap();
+    assert!(f.install_snapshot(&meta).await.is_err());
+    assert_eq!(*fm.0.lock().unwrap(), vec![b"keep".to_vec()]);
+    assert_eq!(f.applied(), 1);
+    drop(m);
+}
+
+#[tokio::test]
+async fn a_rejected_command_is_an_answer_not_an_error() {
+    let (h, _, _) = handler(Never);
+    let out = h.apply(&[cmd(1, b"reject", None)]).await.unwrap();
+    assert_eq!(out[0].1, Err(CommandError("rejected".into())));
+}
