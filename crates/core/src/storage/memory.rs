@@ -191,8 +191,10 @@ impl LogStore for MemLogStore {
 /// test finds them).
 #[derive(Clone, Debug, Default)]
 pub struct MemSnapshotStore {
-    snaps: Arc<Mutex<BTreeMap<LogId, (SnapshotMeta, Bytes)>>>,
+    snaps: Arc<Mutex<Snapshots>>,
 }
+
+type Snapshots = BTreeMap<LogId, (SnapshotMeta, Bytes)>;
 
 impl MemSnapshotStore {
     /// An empty store.
@@ -202,8 +204,7 @@ impl MemSnapshotStore {
 
     fn lock(
         &self,
-    ) -> Result<std::sync::MutexGuard<'_, BTreeMap<LogId, (SnapshotMeta, Bytes)>>, StorageError>
-    {
+    ) -> Result<std::sync::MutexGuard<'_, Snapshots>, StorageError> {
         self.snaps
             .lock()
             .map_err(|_| StorageError::Other("memory snapshot store lock poisoned".into()))
