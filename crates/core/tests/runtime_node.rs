@@ -51,7 +51,7 @@ async fn a_failed_fsync_stops_the_node_and_nothing_is_acknowledged_after_it_5_3_
     let s = node.status();
     assert!(
         s.stopped.as_deref().unwrap_or("").contains("log store"),
-        "{s:?}"
+        "{s:?} after {err}"
     );
     let err = node.propose(3u64.to_le_bytes().to_vec()).await.unwrap_err();
     assert!(matches!(err, NodeError::Stopped(_)), "{err}");

@@ -1,5 +1,5 @@
 //! When to take a snapshot: [`SnapshotPolicy`] and the standard policies, combinable with
-//! [`SnapshotPolicy::or`] / [`AnyOf`].
+//! [`SnapshotPolicyExt::or`] / [`AnyOf`].
 
 use std::time::Duration;
 

@@ -256,11 +256,12 @@ impl Core {
     }
 
     fn fail_all(&mut self, reason: &str) {
+        // Status first: whoever sees a request fail then sees why the node stopped.
+        self.status
+            .send_modify(|s| s.stopped = Some(reason.to_string()));
         for (_, p) in self.pending.drain() {
             p.fail(NodeError::Stopped(reason.to_string()));
         }
-        self.status
-            .send_modify(|s| s.stopped = Some(reason.to_string()));
     }
 
     /// Fail-stop: nothing more is written or acknowledged.

@@ -2,3 +2,5 @@
 
 pub mod log_store_suite;
 pub mod sm_suite;
+
+pub use sm_suite::{StateMachineBuilder, StateMachineTestSuite};

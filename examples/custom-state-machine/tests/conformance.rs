@@ -1,0 +1,40 @@
+//! The seed's counter passes lockstep's `StateMachineTestSuite`, as any user's machine can.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use custom_state_machine::CounterStateMachine;
+use lockstep_core::testing::sm_suite::BoxError;
+use lockstep_core::testing::{StateMachineBuilder, StateMachineTestSuite};
+
+struct CounterBuilder;
+
+#[async_trait]
+impl StateMachineBuilder for CounterBuilder {
+    type Machine = CounterStateMachine;
+
+    async fn build(&self, _dir: &Path) -> Result<Self::Machine, BoxError> {
+        Ok(CounterStateMachine::new())
+    }
+
+    fn command(&self, _i: u64) -> Bytes {
+        Bytes::from_static(b"INCREMENT")
+    }
+
+    fn query(&self, _i: u64) -> Bytes {
+        Bytes::from_static(b"GET")
+    }
+}
+
+#[tokio::test]
+async fn the_seed_counter_passes_the_state_machine_test_suite() {
+    let report = StateMachineTestSuite::run_all_tests(CounterBuilder).await.unwrap();
+    assert!(report.passed("determinism"), "{report:?}");
+}
+
+#[tokio::test]
+async fn the_seed_counter_applies_in_linear_time() {
+    let perf = StateMachineTestSuite::run_performance_tests(CounterBuilder).await.unwrap();
+    println!("1,000 entries took {:.1}x the time of 100", perf.ratio);
+}
