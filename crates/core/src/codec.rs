@@ -199,7 +199,9 @@ pub fn entry_len(e: &Entry) -> usize {
     17 + match &e.payload {
         EntryPayload::Blank => 0,
         EntryPayload::Command { data, .. } => 21 + data.len(),
-        EntryPayload::Membership(m) => 12 + 8 * (m.voters.len() + m.outgoing.len() + m.learners.len()),
+        EntryPayload::Membership(m) => {
+            12 + 8 * (m.voters.len() + m.outgoing.len() + m.learners.len())
+        }
     }
 }
 
