@@ -1,12 +1,10 @@
 //! Runtime behaviour of a single node: fail-stop on storage errors, a slow state machine
 //! that must not stall heartbeats, configuration checks.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Journal;
+use lockstep_core::testing::cluster_suite::{decode_values, fast_options, Journal};
 use lockstep_core::handler::{DefaultStateMachineHandler, Never};
 use lockstep_core::runtime::cluster::InProcessCluster;
 use lockstep_core::runtime::{Node, NodeParts, RuntimeConfig, StartError};
@@ -70,11 +68,8 @@ async fn a_failed_fsync_stops_the_node_and_nothing_is_acknowledged_after_it_5_3_
 async fn a_slow_state_machine_does_not_stall_heartbeats_or_trigger_elections_5_2() {
     let c = InProcessCluster::start(
         [1, 2, 3],
-        |_| Journal {
-            apply_delay: Duration::from_millis(20),
-            ..Journal::default()
-        },
-        common::fast_options(),
+        |_| Journal::slow(Duration::from_millis(20)),
+        fast_options(),
     )
     .await
     .unwrap();
@@ -131,7 +126,7 @@ async fn a_restarted_node_does_not_bootstrap_again() {
         .await
         .unwrap();
     assert_eq!(
-        common::decode(&r).unwrap(),
+        decode_values(&r).unwrap(),
         vec![1],
         "the write survived the restart"
     );

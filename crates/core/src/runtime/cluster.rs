@@ -16,7 +16,8 @@ use crate::handler::{DefaultStateMachineHandler, EntriesSince};
 use crate::membership::MembershipConfig;
 use crate::raft::Role;
 use crate::state_machine::{SharedStateMachine, StateMachine};
-use crate::storage::{MemDisk, MemSnapshotStore};
+use crate::error::StorageError;
+use crate::storage::{LogStore, MemDisk, MemSnapshotStore, SnapshotStore};
 use crate::transport::ChannelNetwork;
 use crate::types::{ClientSession, NodeId};
 
@@ -44,10 +45,29 @@ impl Default for ClusterOptions {
     }
 }
 
+/// Where the nodes of an in-process cluster keep their log and snapshots. `open` is called
+/// at every (re)start of node `id` and must find what the previous incarnation synced.
+pub trait ClusterStorage: Send + Sync + 'static {
+    /// Opens node `id`'s log store and snapshot store.
+    fn open(&self, id: NodeId) -> Result<(Box<dyn LogStore>, Arc<dyn SnapshotStore>), StorageError>;
+}
+
+/// In-memory storage: a crash loses what was not synced, as on a disk.
+#[derive(Clone, Default)]
+pub struct MemoryStorage {
+    disks: Arc<Mutex<BTreeMap<NodeId, (MemDisk, MemSnapshotStore)>>>,
+}
+
+impl ClusterStorage for MemoryStorage {
+    fn open(&self, id: NodeId) -> Result<(Box<dyn LogStore>, Arc<dyn SnapshotStore>), StorageError> {
+        let mut d = self.disks.lock().unwrap_or_else(|p| p.into_inner());
+        let (disk, snaps) = d.entry(id).or_default();
+        Ok((Box::new(disk.open()), Arc::new(snaps.clone())))
+    }
+}
+
 struct Member<S> {
     node: Option<Node>,
-    disk: MemDisk,
-    snapshots: MemSnapshotStore,
     machine: Arc<S>,
     restarts: u64,
 }
@@ -58,6 +78,7 @@ pub struct InProcessCluster<S: StateMachine> {
     network: ChannelNetwork,
     factory: Arc<dyn Fn(NodeId) -> S + Send + Sync>,
     members: Arc<Mutex<BTreeMap<NodeId, Member<S>>>>,
+    storage: Arc<dyn ClusterStorage>,
     opts: ClusterOptions,
 }
 
@@ -65,6 +86,7 @@ impl<S: StateMachine> Clone for InProcessCluster<S> {
     fn clone(&self) -> Self {
         Self {
             network: self.network.clone(),
+            storage: self.storage.clone(),
             factory: self.factory.clone(),
             members: self.members.clone(),
             opts: self.opts.clone(),
@@ -73,17 +95,28 @@ impl<S: StateMachine> Clone for InProcessCluster<S> {
 }
 
 impl<S: StateMachine> InProcessCluster<S> {
-    /// Starts a new cluster whose founding voters are `voters`; `factory` builds each node's
-    /// state machine (again after a crash).
+    /// Starts a new cluster on in-memory storage whose founding voters are `voters`;
+    /// `factory` builds each node's state machine (again after a crash).
     pub async fn start(
         voters: impl IntoIterator<Item = NodeId>,
         factory: impl Fn(NodeId) -> S + Send + Sync + 'static,
+        opts: ClusterOptions,
+    ) -> Result<Self, StartError> {
+        Self::start_on(voters, factory, Arc::new(MemoryStorage::default()), opts).await
+    }
+
+    /// As [`InProcessCluster::start`], with the nodes' storage from `storage`.
+    pub async fn start_on(
+        voters: impl IntoIterator<Item = NodeId>,
+        factory: impl Fn(NodeId) -> S + Send + Sync + 'static,
+        storage: Arc<dyn ClusterStorage>,
         opts: ClusterOptions,
     ) -> Result<Self, StartError> {
         let c = Self {
             network: ChannelNetwork::new(),
             factory: Arc::new(factory),
             members: Arc::default(),
+            storage,
             opts,
         };
         let voters: Vec<NodeId> = voters.into_iter().collect();
@@ -103,18 +136,15 @@ impl<S: StateMachine> InProcessCluster<S> {
         id: NodeId,
         bootstrap: Option<MembershipConfig>,
     ) -> Result<(), StartError> {
-        let prev = self
-            .lock()
-            .get(&id)
-            .map(|m| (m.disk.clone(), m.snapshots.clone(), m.restarts + 1));
-        let (disk, snapshots, restarts) = match prev {
-            Some(p) => p,
-            None => (MemDisk::new(), MemSnapshotStore::new(), 0),
-        };
+        let restarts = self.lock().get(&id).map_or(0, |m| m.restarts + 1);
+        let storage = self.storage.clone();
+        let (log_store, snapshots) = tokio::task::spawn_blocking(move || storage.open(id))
+            .await
+            .map_err(|e| StorageError::Other(format!("opening storage panicked: {e}")))??;
         let machine = Arc::new((self.factory)(id));
         let handler = DefaultStateMachineHandler::new(
             Arc::new(SharedStateMachine(machine.clone())),
-            Arc::new(snapshots.clone()),
+            snapshots,
             EntriesSince(self.opts.snapshot_every),
         );
         let node = Node::start(NodeParts {
@@ -123,7 +153,7 @@ impl<S: StateMachine> InProcessCluster<S> {
                 ..self.opts.raft.clone()
             },
             runtime: self.opts.runtime.clone(),
-            log_store: Box::new(disk.open()),
+            log_store,
             handler: Arc::new(handler),
             transport: self.network.transport(id),
             bootstrap,
@@ -140,8 +170,6 @@ impl<S: StateMachine> InProcessCluster<S> {
             id,
             Member {
                 node: Some(node),
-                disk,
-                snapshots,
                 machine,
                 restarts,
             },
@@ -216,7 +244,7 @@ impl<S: StateMachine> InProcessCluster<S> {
     pub async fn add_node(&self, id: NodeId) -> Result<Node, StartError> {
         self.launch(id, None).await?;
         self.node(id).ok_or_else(|| {
-            StartError::Storage(crate::error::StorageError::Other("node vanished".into()))
+            StartError::Storage(StorageError::Other("node vanished".into()))
         })
     }
 
