@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use lockstep_core::runtime::cluster::MemoryStorage;
 use lockstep_core::runtime::ReadLevel;
-use lockstep_core::testing::cluster_suite::{self as suite, converged, decode_values, fast_options, journal_cluster};
+use lockstep_core::testing::cluster_suite::{
+    self as suite, converged, decode_values, fast_options, journal_cluster,
+};
 use lockstep_core::{ClientSession, NodeError};
 
 const T: Duration = Duration::from_secs(10);
@@ -53,29 +55,46 @@ async fn graceful_shutdown_then_restart_recovers_every_write_5_3() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_refuses_proposals_and_names_the_leader_5_1() {
-    let c = journal_cluster(&[1, 2, 3], mem(), fast_options()).await.unwrap();
+    let c = journal_cluster(&[1, 2, 3], mem(), fast_options())
+        .await
+        .unwrap();
     let leader = c.wait_for_leader(T).await.unwrap();
     leader.propose(1u64.to_le_bytes().to_vec()).await.unwrap();
-    let follower = c.nodes().into_iter().find(|n| n.id() != leader.id()).unwrap();
+    let follower = c
+        .nodes()
+        .into_iter()
+        .find(|n| n.id() != leader.id())
+        .unwrap();
     follower
         .wait_for(T, |s| s.leader == Some(leader.id()))
         .await
         .unwrap();
-    let err = follower.propose(2u64.to_le_bytes().to_vec()).await.unwrap_err();
+    let err = follower
+        .propose(2u64.to_le_bytes().to_vec())
+        .await
+        .unwrap_err();
     assert_eq!(err.leader_hint(), Some(leader.id()), "{err}");
     c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_proposal_with_the_same_session_is_applied_once_thesis_6_3() {
-    let c = journal_cluster(&[1, 2, 3], mem(), fast_options()).await.unwrap();
+    let c = journal_cluster(&[1, 2, 3], mem(), fast_options())
+        .await
+        .unwrap();
     let leader = c.wait_for_leader(T).await.unwrap();
     let s = ClientSession {
         client_id: 9,
         sequence: 1,
     };
-    let first = leader.propose_with_session(s, 77u64.to_le_bytes().to_vec()).await.unwrap();
-    let retry = leader.propose_with_session(s, 77u64.to_le_bytes().to_vec()).await.unwrap();
+    let first = leader
+        .propose_with_session(s, 77u64.to_le_bytes().to_vec())
+        .await
+        .unwrap();
+    let retry = leader
+        .propose_with_session(s, 77u64.to_le_bytes().to_vec())
+        .await
+        .unwrap();
     assert_eq!(first, retry, "the retry gets the original answer");
     let j = converged("session", &c, &[77]).await.unwrap();
     assert_eq!(j, vec![77], "applied once");
@@ -84,7 +103,9 @@ async fn retried_proposal_with_the_same_session_is_applied_once_thesis_6_3() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_and_linearizable_reads_on_the_leader_see_every_acknowledged_write_thesis_6_4_1() {
-    let c = journal_cluster(&[1, 2, 3], mem(), fast_options()).await.unwrap();
+    let c = journal_cluster(&[1, 2, 3], mem(), fast_options())
+        .await
+        .unwrap();
     let leader = c.wait_for_leader(T).await.unwrap();
     for v in 1..=20u64 {
         leader.propose(v.to_le_bytes().to_vec()).await.unwrap();
@@ -98,10 +119,15 @@ async fn lease_and_linearizable_reads_on_the_leader_see_every_acknowledged_write
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_command_is_answered_with_the_machines_error_and_the_node_carries_on() {
-    let c = journal_cluster(&[1, 2, 3], mem(), fast_options()).await.unwrap();
+    let c = journal_cluster(&[1, 2, 3], mem(), fast_options())
+        .await
+        .unwrap();
     let leader = c.wait_for_leader(T).await.unwrap();
     let err = leader.propose(&b"bad"[..]).await.unwrap_err();
-    assert!(matches!(err, NodeError::Rejected(ref e) if e.0.contains("bad command")), "{err}");
+    assert!(
+        matches!(err, NodeError::Rejected(ref e) if e.0.contains("bad command")),
+        "{err}"
+    );
     leader.propose(5u64.to_le_bytes().to_vec()).await.unwrap();
     converged("rejected", &c, &[5]).await.unwrap();
     c.shutdown().await;
@@ -109,18 +135,41 @@ async fn a_rejected_command_is_answered_with_the_machines_error_and_the_node_car
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trigger_snapshot_builds_one_and_the_leader_reports_peer_progress_7() {
-    let c = journal_cluster(&[1, 2, 3], mem(), fast_options()).await.unwrap();
+    let c = journal_cluster(&[1, 2, 3], mem(), fast_options())
+        .await
+        .unwrap();
     let leader = c.wait_for_leader(T).await.unwrap();
     for v in 1..=10u64 {
         leader.propose(v.to_le_bytes().to_vec()).await.unwrap();
     }
-    let meta = leader.trigger_snapshot().await.unwrap().expect("a new snapshot");
+    let meta = leader
+        .trigger_snapshot()
+        .await
+        .unwrap()
+        .expect("a new snapshot");
     assert!(meta.last_log_id.index >= 11, "{meta:?}");
     assert_eq!(meta.membership.voters, [1, 2, 3].into());
-    let s = leader.wait_for(T, |s| s.snapshot == meta.last_log_id).await.unwrap();
-    assert_eq!(leader.trigger_snapshot().await.unwrap(), None, "nothing new to snapshot");
-    let peers: Vec<u64> = s.progress.keys().copied().filter(|p| *p != leader.id()).collect();
-    assert_eq!(peers.len(), 2, "progress of both followers: {:?}", s.progress);
+    let s = leader
+        .wait_for(T, |s| s.snapshot == meta.last_log_id)
+        .await
+        .unwrap();
+    assert_eq!(
+        leader.trigger_snapshot().await.unwrap(),
+        None,
+        "nothing new to snapshot"
+    );
+    let peers: Vec<u64> = s
+        .progress
+        .keys()
+        .copied()
+        .filter(|p| *p != leader.id())
+        .collect();
+    assert_eq!(
+        peers.len(),
+        2,
+        "progress of both followers: {:?}",
+        s.progress
+    );
     c.shutdown().await;
 }
 
@@ -139,15 +188,30 @@ async fn the_default_kv_state_machine_serves_put_get_delete_and_cas_through_the_
     };
     leader.propose(put("a", "1").encode()).await.unwrap();
     let get = |k: &'static str| KvQuery::Get { key: k.into() }.encode();
-    let r = leader.read(get("a"), ReadLevel::Linearizable).await.unwrap();
-    assert_eq!(KvResponse::decode(&r).unwrap(), KvResponse::Value(Some("1".into())));
+    let r = leader
+        .read(get("a"), ReadLevel::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(
+        KvResponse::decode(&r).unwrap(),
+        KvResponse::Value(Some("1".into()))
+    );
     let cas = KvCommand::Cas {
         key: "a".into(),
         expected: Some("1".into()),
         new: Some("2".into()),
     };
     let r = KvResponse::decode(&leader.propose(cas.encode()).await.unwrap()).unwrap();
-    assert!(matches!(r, KvResponse::Cas { succeeded: true, .. }), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            KvResponse::Cas {
+                succeeded: true,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
     leader
         .propose(KvCommand::Delete { key: "a".into() }.encode())
         .await

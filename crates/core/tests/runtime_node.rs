@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockstep_core::testing::cluster_suite::{decode_values, fast_options, Journal};
 use lockstep_core::handler::{DefaultStateMachineHandler, Never};
 use lockstep_core::runtime::cluster::InProcessCluster;
 use lockstep_core::runtime::{Node, NodeParts, RuntimeConfig, StartError};
+use lockstep_core::testing::cluster_suite::{decode_values, fast_options, Journal};
 use lockstep_core::transport::ChannelNetwork;
 use lockstep_core::{MemLogStore, MemSnapshotStore, MembershipConfig, NodeError, RaftConfig};
 

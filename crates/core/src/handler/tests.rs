@@ -38,7 +38,9 @@ impl StateMachineTrait for Log {
     }
 }
 
-fn handler(policy: impl SnapshotPolicy) -> (DefaultStateMachineHandler, Arc<Log>, MemSnapshotStore) {
+fn handler(
+    policy: impl SnapshotPolicy,
+) -> (DefaultStateMachineHandler, Arc<Log>, MemSnapshotStore) {
     let m = Arc::new(Log::default());
     let store = MemSnapshotStore::new();
     let h = DefaultStateMachineHandler::new(
@@ -76,7 +78,11 @@ async fn a_retried_session_command_in_the_same_batch_is_applied_once_thesis_6_3(
         .unwrap();
     assert_eq!(m.0.lock().unwrap().len(), 2, "a and b applied once each");
     assert_eq!(out[0], (1, Ok(Bytes::from("1"))));
-    assert_eq!(out[1], (2, Ok(Bytes::from("1"))), "the retry gets the first answer");
+    assert_eq!(
+        out[1],
+        (2, Ok(Bytes::from("1"))),
+        "the retry gets the first answer"
+    );
     assert_eq!(out[2], (3, Ok(Bytes::from("2"))));
     assert!(out[3].1.as_ref().unwrap_err().0.contains("stale"));
     assert_eq!(h.applied(), 4);
@@ -85,8 +91,13 @@ async fn a_retried_session_command_in_the_same_batch_is_applied_once_thesis_6_3(
 #[tokio::test]
 async fn entries_at_or_below_the_applied_index_are_skipped() {
     let (h, m, _) = handler(Never);
-    h.apply(&[cmd(1, b"a", None), cmd(2, b"b", None)]).await.unwrap();
-    let out = h.apply(&[cmd(2, b"b", None), cmd(3, b"c", None)]).await.unwrap();
+    h.apply(&[cmd(1, b"a", None), cmd(2, b"b", None)])
+        .await
+        .unwrap();
+    let out = h
+        .apply(&[cmd(2, b"b", None), cmd(3, b"c", None)])
+        .await
+        .unwrap();
     assert_eq!(out.len(), 1);
     assert_eq!(m.0.lock().unwrap().len(), 3);
 }
@@ -94,7 +105,9 @@ async fn entries_at_or_below_the_applied_index_are_skipped() {
 #[tokio::test]
 async fn the_policy_triggers_a_snapshot_that_restores_state_and_sessions_7() {
     let (h, _, store) = handler(EntriesSince(3));
-    h.apply(&[cmd(1, b"a", Some((5, 1))), cmd(2, b"b", None)]).await.unwrap();
+    h.apply(&[cmd(1, b"a", Some((5, 1))), cmd(2, b"b", None)])
+        .await
+        .unwrap();
     assert!(!h.wants_snapshot());
     h.apply(&[cmd(3, b"c", None)]).await.unwrap();
     assert!(h.wants_snapshot());
@@ -113,14 +126,21 @@ async fn the_policy_triggers_a_snapshot_that_restores_state_and_sessions_7() {
     assert_eq!(h2.open(Some(&meta)).await.unwrap(), 3);
     assert_eq!(m2.0.lock().unwrap().len(), 3);
     let out = h2.apply(&[cmd(4, b"a", Some((5, 1)))]).await.unwrap();
-    assert_eq!(out[0].1, Ok(Bytes::from("1")), "duplicate answered from the snapshot's table");
+    assert_eq!(
+        out[0].1,
+        Ok(Bytes::from("1")),
+        "duplicate answered from the snapshot's table"
+    );
     assert_eq!(m2.0.lock().unwrap().len(), 3);
 }
 
 #[tokio::test]
 async fn a_corrupt_snapshot_from_the_leader_is_refused_before_anything_is_replaced_7() {
     let (leader, _, _) = handler(Never);
-    leader.apply(&[cmd(1, b"x", None), cmd(2, b"y", None)]).await.unwrap();
+    leader
+        .apply(&[cmd(1, b"x", None), cmd(2, b"y", None)])
+        .await
+        .unwrap();
     let meta = leader.build_snapshot().await.unwrap().unwrap();
     let data = leader.snapshot_data(&meta).await.unwrap();
 
@@ -129,10 +149,20 @@ async fn a_corrupt_snapshot_from_the_leader_is_refused_before_anything_is_replac
     let mut bad = data.to_vec();
     let mid = bad.len() / 2;
     bad[mid] ^= 1;
-    let err = follower.receive_snapshot(&meta, Bytes::from(bad)).await.unwrap_err();
+    let err = follower
+        .receive_snapshot(&meta, Bytes::from(bad))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("checksum"), "{err}");
-    assert!(follower.install_snapshot(&meta).await.is_err(), "nothing to install");
-    assert_eq!(*fm.0.lock().unwrap(), vec![b"q".to_vec()], "old state intact");
+    assert!(
+        follower.install_snapshot(&meta).await.is_err(),
+        "nothing to install"
+    );
+    assert_eq!(
+        *fm.0.lock().unwrap(),
+        vec![b"q".to_vec()],
+        "old state intact"
+    );
 
     follower.receive_snapshot(&meta, data).await.unwrap();
     follower.install_snapshot(&meta).await.unwrap();

@@ -11,12 +11,12 @@ use bytes::Bytes;
 use super::{Node, NodeParts, RuntimeConfig, StartError};
 use crate::config::RaftConfig;
 use crate::error::NodeError;
+use crate::error::StorageError;
 use crate::event::ClientError;
 use crate::handler::{DefaultStateMachineHandler, EntriesSince};
 use crate::membership::MembershipConfig;
 use crate::raft::Role;
 use crate::state_machine::{SharedStateMachine, StateMachine};
-use crate::error::StorageError;
 use crate::storage::{LogStore, MemDisk, MemSnapshotStore, SnapshotStore};
 use crate::transport::ChannelNetwork;
 use crate::types::{ClientSession, NodeId};
@@ -45,11 +45,14 @@ impl Default for ClusterOptions {
     }
 }
 
+/// A node's log store and snapshot store, as opened by [`ClusterStorage::open`].
+pub type NodeStorage = (Box<dyn LogStore>, Arc<dyn SnapshotStore>);
+
 /// Where the nodes of an in-process cluster keep their log and snapshots. `open` is called
 /// at every (re)start of node `id` and must find what the previous incarnation synced.
 pub trait ClusterStorage: Send + Sync + 'static {
     /// Opens node `id`'s log store and snapshot store.
-    fn open(&self, id: NodeId) -> Result<(Box<dyn LogStore>, Arc<dyn SnapshotStore>), StorageError>;
+    fn open(&self, id: NodeId) -> Result<NodeStorage, StorageError>;
 }
 
 /// In-memory storage: a crash loses what was not synced, as on a disk.
@@ -59,7 +62,7 @@ pub struct MemoryStorage {
 }
 
 impl ClusterStorage for MemoryStorage {
-    fn open(&self, id: NodeId) -> Result<(Box<dyn LogStore>, Arc<dyn SnapshotStore>), StorageError> {
+    fn open(&self, id: NodeId) -> Result<NodeStorage, StorageError> {
         let mut d = self.disks.lock().unwrap_or_else(|p| p.into_inner());
         let (disk, snaps) = d.entry(id).or_default();
         Ok((Box::new(disk.open()), Arc::new(snaps.clone())))
@@ -243,9 +246,8 @@ impl<S: StateMachine> InProcessCluster<S> {
     /// [`Node::add_learner`] on the leader.
     pub async fn add_node(&self, id: NodeId) -> Result<Node, StartError> {
         self.launch(id, None).await?;
-        self.node(id).ok_or_else(|| {
-            StartError::Storage(StorageError::Other("node vanished".into()))
-        })
+        self.node(id)
+            .ok_or_else(|| StartError::Storage(StorageError::Other("node vanished".into())))
     }
 
     /// Proposes through whichever node leads, retrying with the same session on leader

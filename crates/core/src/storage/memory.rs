@@ -202,9 +202,7 @@ impl MemSnapshotStore {
         Self::default()
     }
 
-    fn lock(
-        &self,
-    ) -> Result<std::sync::MutexGuard<'_, Snapshots>, StorageError> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Snapshots>, StorageError> {
         self.snaps
             .lock()
             .map_err(|_| StorageError::Other("memory snapshot store lock poisoned".into()))

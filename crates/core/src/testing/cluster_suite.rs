@@ -81,7 +81,10 @@ pub fn encode_values(values: &[u64]) -> Vec<u8> {
 /// Decodes the answer of the `ALL` query.
 pub fn decode_values(b: &[u8]) -> std::result::Result<Vec<u64>, String> {
     if b.len() % 8 != 0 {
-        return Err(format!("journal data of {} bytes is not a multiple of 8", b.len()));
+        return Err(format!(
+            "journal data of {} bytes is not a multiple of 8",
+            b.len()
+        ));
     }
     Ok(b.chunks_exact(8)
         .map(|c| {
@@ -143,7 +146,13 @@ pub async fn journal_cluster(
     storage: Arc<dyn ClusterStorage>,
     opts: ClusterOptions,
 ) -> std::result::Result<InProcessCluster<Journal>, crate::runtime::StartError> {
-    InProcessCluster::start_on(voters.iter().copied(), |_| Journal::default(), storage, opts).await
+    InProcessCluster::start_on(
+        voters.iter().copied(),
+        |_| Journal::default(),
+        storage,
+        opts,
+    )
+    .await
 }
 
 /// Clients proposing distinct values with sessions until stopped.
@@ -175,7 +184,11 @@ impl Load {
                             sequence: seq,
                         };
                         cluster
-                            .propose(session, value.to_le_bytes().to_vec(), Duration::from_secs(20))
+                            .propose(
+                                session,
+                                value.to_le_bytes().to_vec(),
+                                Duration::from_secs(20),
+                            )
                             .await
                             .map_err(|e| format!("client {c} could not write {value}: {e}"))?;
                         acked.push(value);
@@ -251,14 +264,25 @@ pub async fn converged(
             let mut sorted = j.clone();
             sorted.sort_unstable();
             sorted.dedup();
-            ensure!(scenario, sorted.len() == j.len(), "a command was applied twice");
+            ensure!(
+                scenario,
+                sorted.len() == j.len(),
+                "a command was applied twice"
+            );
             return Ok(j);
         }
         if Instant::now() > deadline {
             let lens: Vec<usize> = journals.iter().map(|j| j.len()).collect();
             let missing: Vec<u64> = journals
                 .first()
-                .map(|j| acked.iter().filter(|v| !j.contains(v)).copied().take(10).collect())
+                .map(|j| {
+                    acked
+                        .iter()
+                        .filter(|v| !j.contains(v))
+                        .copied()
+                        .take(10)
+                        .collect()
+                })
                 .unwrap_or_default();
             return fail(
                 scenario,
@@ -288,12 +312,21 @@ fn se(scenario: &'static str) -> impl Fn(crate::runtime::StartError) -> Scenario
 /// §5.2, §5.3: a leader is elected and every proposal is applied on every node, in order.
 pub async fn replicate_in_order(storage: Arc<dyn ClusterStorage>) -> Result<()> {
     const S: &str = "replicate in order (§5.2, §5.3)";
-    let c = journal_cluster(&[1, 2, 3], storage, fast_options()).await.map_err(se(S))?;
+    let c = journal_cluster(&[1, 2, 3], storage, fast_options())
+        .await
+        .map_err(se(S))?;
     let leader = c.wait_for_leader(T).await.map_err(ne(S))?;
     let mut acked = Vec::new();
     for v in 1..=50u64 {
-        let r = leader.propose(v.to_le_bytes().to_vec()).await.map_err(ne(S))?;
-        ensure!(S, r[..] == v.to_le_bytes(), "answer {r:?} is not the journal length {v}");
+        let r = leader
+            .propose(v.to_le_bytes().to_vec())
+            .await
+            .map_err(ne(S))?;
+        ensure!(
+            S,
+            r[..] == v.to_le_bytes(),
+            "answer {r:?} is not the journal length {v}"
+        );
         acked.push(v);
     }
     let j = converged(S, &c, &acked).await?;
@@ -306,7 +339,9 @@ pub async fn replicate_in_order(storage: Arc<dyn ClusterStorage>) -> Result<()> 
 /// none is applied twice, and the restarted node catches up.
 pub async fn leader_crash_mid_load(storage: Arc<dyn ClusterStorage>) -> Result<()> {
     const S: &str = "leader crash mid-load (§5.4)";
-    let c = journal_cluster(&[1, 2, 3], storage, fast_options()).await.map_err(se(S))?;
+    let c = journal_cluster(&[1, 2, 3], storage, fast_options())
+        .await
+        .map_err(se(S))?;
     c.wait_for_leader(T).await.map_err(ne(S))?;
     let load = Load::start(&c, 4);
     load.progress(S, 200).await?;
@@ -329,7 +364,9 @@ pub async fn learner_catches_up_by_snapshot(storage: Arc<dyn ClusterStorage>) ->
     let mut opts = fast_options();
     opts.snapshot_every = 100;
     opts.raft.purge_keep_entries = 50;
-    let c = journal_cluster(&[1, 2, 3], storage, opts).await.map_err(se(S))?;
+    let c = journal_cluster(&[1, 2, 3], storage, opts)
+        .await
+        .map_err(se(S))?;
     let leader = c.wait_for_leader(T).await.map_err(ne(S))?;
     let load = Load::start(&c, 4);
     leader
@@ -363,7 +400,9 @@ pub async fn learner_catches_up_by_snapshot(storage: Arc<dyn ClusterStorage>) ->
 /// then leave and the new configuration serves writes.
 pub async fn joint_consensus_change(storage: Arc<dyn ClusterStorage>) -> Result<()> {
     const S: &str = "joint consensus {1,2,3} -> {3,4,5} (thesis §4.3)";
-    let c = journal_cluster(&[1, 2, 3], storage, fast_options()).await.map_err(se(S))?;
+    let c = journal_cluster(&[1, 2, 3], storage, fast_options())
+        .await
+        .map_err(se(S))?;
     c.wait_for_leader(T).await.map_err(ne(S))?;
     let load = Load::start(&c, 3);
     load.progress(S, 100).await?;
@@ -375,13 +414,27 @@ pub async fn joint_consensus_change(storage: Arc<dyn ClusterStorage>) -> Result<
     load.progress(S, 100).await?;
     let leader = c.wait_for_leader(T).await.map_err(ne(S))?;
     let cfg = leader.set_voters([3, 4, 5]).await.map_err(ne(S))?;
-    ensure!(S, cfg.voters == [3, 4, 5].into(), "voters are {:?}", cfg.voters);
-    ensure!(S, cfg.outgoing.is_empty(), "the final configuration is still joint: {cfg:?}");
+    ensure!(
+        S,
+        cfg.voters == [3, 4, 5].into(),
+        "voters are {:?}",
+        cfg.voters
+    );
+    ensure!(
+        S,
+        cfg.outgoing.is_empty(),
+        "the final configuration is still joint: {cfg:?}"
+    );
     load.progress(S, 100).await?;
     c.crash(1).await;
     c.crash(2).await;
     let leader = c.wait_for_leader(T).await.map_err(ne(S))?;
-    ensure!(S, [3, 4, 5].contains(&leader.id()), "removed node {} leads", leader.id());
+    ensure!(
+        S,
+        [3, 4, 5].contains(&leader.id()),
+        "removed node {} leads",
+        leader.id()
+    );
     load.progress(S, 100).await?;
     let acked = load.finish(S).await?;
     converged(S, &c, &acked).await?;
@@ -392,7 +445,9 @@ pub async fn joint_consensus_change(storage: Arc<dyn ClusterStorage>) -> Result<
 /// Thesis §3.10: leadership moves to a chosen voter under load without losing writes.
 pub async fn leader_transfer_under_load(storage: Arc<dyn ClusterStorage>) -> Result<()> {
     const S: &str = "leader transfer under load (thesis §3.10)";
-    let c = journal_cluster(&[1, 2, 3], storage, fast_options()).await.map_err(se(S))?;
+    let c = journal_cluster(&[1, 2, 3], storage, fast_options())
+        .await
+        .map_err(se(S))?;
     let first = c.wait_for_leader(T).await.map_err(ne(S))?;
     let load = Load::start(&c, 3);
     load.progress(S, 100).await?;
@@ -426,9 +481,13 @@ pub async fn leader_transfer_under_load(storage: Arc<dyn ClusterStorage>) -> Res
 /// stale data; it fails or redirects instead.
 pub async fn partitioned_leader_reads(storage: Arc<dyn ClusterStorage>) -> Result<()> {
     const S: &str = "no stale reads on a partitioned old leader (thesis §6.4)";
-    let c = journal_cluster(&[1, 2, 3], storage, fast_options()).await.map_err(se(S))?;
+    let c = journal_cluster(&[1, 2, 3], storage, fast_options())
+        .await
+        .map_err(se(S))?;
     let old = c.wait_for_leader(T).await.map_err(ne(S))?;
-    old.propose(1u64.to_le_bytes().to_vec()).await.map_err(ne(S))?;
+    old.propose(1u64.to_le_bytes().to_vec())
+        .await
+        .map_err(ne(S))?;
     c.network().isolate(old.id());
     let deadline = Instant::now() + T;
     let new = loop {
@@ -436,15 +495,28 @@ pub async fn partitioned_leader_reads(storage: Arc<dyn ClusterStorage>) -> Resul
         if l.id() != old.id() && l.status().term > old.status().term {
             break l;
         }
-        ensure!(S, Instant::now() < deadline, "no new leader behind the partition");
+        ensure!(
+            S,
+            Instant::now() < deadline,
+            "no new leader behind the partition"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    new.propose(2u64.to_le_bytes().to_vec()).await.map_err(ne(S))?;
+    new.propose(2u64.to_le_bytes().to_vec())
+        .await
+        .map_err(ne(S))?;
     for level in [ReadLevel::Linearizable, ReadLevel::Lease] {
         match old.read(&b"ALL"[..], level).await {
             Ok(r) => {
-                let seen = decode_values(&r).map_err(|e| ScenarioError { scenario: S, detail: e })?;
-                ensure!(S, seen.contains(&2), "stale {level:?} read on the old leader: {seen:?}");
+                let seen = decode_values(&r).map_err(|e| ScenarioError {
+                    scenario: S,
+                    detail: e,
+                })?;
+                ensure!(
+                    S,
+                    seen.contains(&2),
+                    "stale {level:?} read on the old leader: {seen:?}"
+                );
             }
             Err(NodeError::Client(ClientError::NotLeader { .. }))
             | Err(NodeError::Client(ClientError::LeadershipLost))
@@ -453,9 +525,19 @@ pub async fn partitioned_leader_reads(storage: Arc<dyn ClusterStorage>) -> Resul
         }
     }
     c.network().heal();
-    let r = new.read(&b"ALL"[..], ReadLevel::Linearizable).await.map_err(ne(S))?;
-    let seen = decode_values(&r).map_err(|e| ScenarioError { scenario: S, detail: e })?;
-    ensure!(S, seen == vec![1, 2], "linearizable read on the new leader saw {seen:?}");
+    let r = new
+        .read(&b"ALL"[..], ReadLevel::Linearizable)
+        .await
+        .map_err(ne(S))?;
+    let seen = decode_values(&r).map_err(|e| ScenarioError {
+        scenario: S,
+        detail: e,
+    })?;
+    ensure!(
+        S,
+        seen == vec![1, 2],
+        "linearizable read on the new leader saw {seen:?}"
+    );
     c.shutdown().await;
     Ok(())
 }
@@ -463,11 +545,16 @@ pub async fn partitioned_leader_reads(storage: Arc<dyn ClusterStorage>) -> Resul
 /// §5.3 with durable storage: every node shut down and restarted keeps every write.
 pub async fn full_restart_keeps_every_write(storage: Arc<dyn ClusterStorage>) -> Result<()> {
     const S: &str = "full restart keeps every write (§5.3)";
-    let c = journal_cluster(&[1, 2, 3], storage, fast_options()).await.map_err(se(S))?;
+    let c = journal_cluster(&[1, 2, 3], storage, fast_options())
+        .await
+        .map_err(se(S))?;
     let leader = c.wait_for_leader(T).await.map_err(ne(S))?;
     let mut acked: Vec<u64> = (1..=300).collect();
     for v in &acked {
-        leader.propose(v.to_le_bytes().to_vec()).await.map_err(ne(S))?;
+        leader
+            .propose(v.to_le_bytes().to_vec())
+            .await
+            .map_err(ne(S))?;
     }
     converged(S, &c, &acked).await?;
     c.shutdown().await;
@@ -475,7 +562,10 @@ pub async fn full_restart_keeps_every_write(storage: Arc<dyn ClusterStorage>) ->
         c.restart(id).await.map_err(se(S))?;
     }
     let leader = c.wait_for_leader(T).await.map_err(ne(S))?;
-    leader.propose(301u64.to_le_bytes().to_vec()).await.map_err(ne(S))?;
+    leader
+        .propose(301u64.to_le_bytes().to_vec())
+        .await
+        .map_err(ne(S))?;
     acked.push(301);
     let j = converged(S, &c, &acked).await?;
     ensure!(S, j == acked, "journal after restart differs");

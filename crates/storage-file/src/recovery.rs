@@ -1,0 +1,294 @@
+//! Recovery on open: read the metadata, scan the segments, decide what a crash left torn,
+//! and only then (when nothing is corrupt) repair the directory.
+//!
+//! Rules:
+//! - A segment followed by one that starts at or below `purge point + 1` holds only purged
+//!   entries: it is removed without being read.
+//! - In the last segment, a torn record (cut by the end of the file, containing a
+//!   never-written zero sector, or failing its checksum as the very last record) and
+//!   everything after it is what a crash during an unsynced write leaves: it is cut off. A
+//!   last segment with a missing or zeroed header is removed.
+//! - Any other damage, anywhere, is [`FileStoreError::Corrupt`] naming the file and byte
+//!   offset, and the directory is left exactly as it was.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use lockstep_core::{Index, LogId, Term};
+
+use crate::error::{FileStoreError, Result};
+use crate::fsutil;
+use crate::meta::{Meta, MetaFile};
+use crate::record::{self, HeaderProblem, RecordCheck, HEADER_LEN};
+use crate::segment::{parse_segment_name, Segment};
+
+/// A scanned segment before its file is reopened for writing.
+#[derive(Debug)]
+pub struct Scanned {
+    /// First index (from the name, checked against the header).
+    pub first: Index,
+    /// Path of the file.
+    pub path: PathBuf,
+    /// Length of the valid data.
+    pub len: u64,
+    /// Offsets of the records.
+    pub offsets: Vec<u32>,
+    /// Term runs `(first index, term)` of its entries.
+    pub terms: Vec<(Index, Term)>,
+}
+
+impl Scanned {
+    fn end(&self) -> Index {
+        self.first + self.offsets.len() as Index
+    }
+}
+
+/// What a directory holds, validated.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The metadata slots.
+    pub meta_file: MetaFile,
+    /// Hard state, snapshot meta and purge point.
+    pub meta: Meta,
+    /// Live segments, oldest first, open.
+    pub segments: Vec<Segment>,
+    /// Term runs of the live entries.
+    pub terms: Vec<(Index, Term)>,
+    /// The last entry (the purge point for an empty log).
+    pub last: LogId,
+}
+
+/// Disk changes recovery decided on; applied only after everything validated.
+#[derive(Debug, Default)]
+struct Repairs {
+    cut: Option<(PathBuf, u64, String)>,
+    remove: Vec<PathBuf>,
+}
+
+enum Outcome {
+    Scanned(Scanned),
+    TornHeader,
+}
+
+/// Scans one segment file (the whole file is read once).
+fn scan(path: &Path, first: Index, is_last: bool, repairs: &mut Repairs) -> Result<Outcome> {
+    let buf = Bytes::from(fsutil::read_file(path)?);
+    match record::parse_header(&buf) {
+        Ok(f) if f == first => {}
+        Ok(f) => {
+            return Err(FileStoreError::corrupt(
+                path,
+                16,
+                format!("header says the first entry is {f}, the file name says {first}"),
+            ))
+        }
+        Err(HeaderProblem::Torn) if is_last => return Ok(Outcome::TornHeader),
+        Err(HeaderProblem::Torn) => {
+            return Err(FileStoreError::corrupt(
+                path,
+                0,
+                "segment header missing or zeroed before the last segment",
+            ))
+        }
+        Err(HeaderProblem::Version(v)) => {
+            return Err(FileStoreError::Incompatible {
+                file: path.to_path_buf(),
+                detail: format!("segment format version {v} is not supported"),
+            })
+        }
+        Err(HeaderProblem::Corrupt(d)) => return Err(FileStoreError::corrupt(path, 0, d)),
+    }
+    if buf.len() > u32::MAX as usize {
+        return Err(FileStoreError::corrupt(
+            path,
+            u64::from(u32::MAX),
+            "segment file larger than 4 GiB",
+        ));
+    }
+    let mut s = Scanned {
+        first,
+        path: path.to_path_buf(),
+        len: HEADER_LEN as u64,
+        offsets: Vec::new(),
+        terms: Vec::new(),
+    };
+    let mut pos = HEADER_LEN;
+    while pos < buf.len() {
+        match record::check_record(&buf, pos) {
+            RecordCheck::Valid { end } => {
+                let e = record::decode_payload(&buf, pos, end)
+                    .map_err(|d| FileStoreError::corrupt(path, pos as u64, d))?;
+                let want = s.end();
+                if e.log_id.index != want {
+                    return Err(FileStoreError::corrupt(
+                        path,
+                        pos as u64,
+                        format!("record holds entry {} where {want} belongs", e.log_id.index),
+                    ));
+                }
+                if starts_run(s.terms.last(), e.log_id.term) {
+                    s.terms.push((want, e.log_id.term));
+                }
+                s.offsets.push(pos as u32);
+                pos = end;
+                s.len = end as u64;
+            }
+            RecordCheck::Torn(d) if is_last => {
+                repairs.cut = Some((path.to_path_buf(), pos as u64, d));
+                break;
+            }
+            RecordCheck::Torn(d) | RecordCheck::Corrupt(d) => {
+                return Err(FileStoreError::corrupt(path, pos as u64, d))
+            }
+        }
+    }
+    Ok(Outcome::Scanned(s))
+}
+
+/// Whether an entry of `term` starts a new term run after `prev` (the last run, if any).
+pub fn starts_run(prev: Option<&(Index, Term)>, term: Term) -> bool {
+    match prev {
+        None => true,
+        Some((_, t)) => *t != term,
+    }
+}
+
+/// Lists segment files, sorted by first index.
+fn list(dir: &Path) -> Result<Vec<(Index, PathBuf)>> {
+    let mut segs = Vec::new();
+    let rd = std::fs::read_dir(dir).map_err(|e| FileStoreError::io("list", dir, e))?;
+    for ent in rd {
+        let ent = ent.map_err(|e| FileStoreError::io("list", dir, e))?;
+        let name = ent.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(first) = parse_segment_name(name) {
+            if first == 0 {
+                return Err(FileStoreError::corrupt(
+                    &ent.path(),
+                    0,
+                    "a segment cannot start at entry 0",
+                ));
+            }
+            segs.push((first, ent.path()));
+        }
+    }
+    segs.sort();
+    Ok(segs)
+}
+
+/// Opens the store directory `dir` (created if missing) and recovers its state.
+pub fn recover(dir: &Path) -> Result<Recovered> {
+    fsutil::ensure_dir(dir)?;
+    let (meta_file, meta) = MetaFile::load(dir)?;
+    let purge = meta.purge_point;
+    let files = list(dir)?;
+    let mut repairs = Repairs::default();
+    let mut scanned: Vec<Scanned> = Vec::new();
+    for (i, (first, path)) in files.iter().enumerate() {
+        let next_first = files.get(i + 1).map(|(f, _)| *f);
+        if next_first.is_some_and(|n| n <= purge.index + 1) {
+            // Every entry of this segment lies below the next one's first: all purged.
+            repairs.remove.push(path.clone());
+            continue;
+        }
+        let is_last = next_first.is_none();
+        match scan(path, *first, is_last, &mut repairs)? {
+            Outcome::Scanned(s) if s.end() <= purge.index + 1 => {
+                repairs.remove.push(s.path.clone());
+            }
+            Outcome::Scanned(s) => scanned.push(s),
+            Outcome::TornHeader => repairs.remove.push(path.clone()),
+        }
+    }
+    // The live segments must cover purge point + 1 ..= last without gaps.
+    let mut expect = None;
+    for s in &scanned {
+        match expect {
+            None if s.first > purge.index + 1 => {
+                return Err(FileStoreError::corrupt(
+                    &s.path,
+                    0,
+                    format!(
+                        "the log continues after purge point {purge} but this segment starts \
+                         at entry {} (a segment is missing)",
+                        s.first
+                    ),
+                ))
+            }
+            Some(e) if s.first != e => {
+                return Err(FileStoreError::corrupt(
+                    &s.path,
+                    0,
+                    format!(
+                        "segment starts at entry {} but the previous one ends before {e} \
+                         (a segment is missing or damaged)",
+                        s.first
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        expect = Some(s.end());
+    }
+    apply(dir, &repairs)?;
+    let mut terms: Vec<(Index, Term)> = Vec::new();
+    let mut segments = Vec::with_capacity(scanned.len());
+    for s in scanned {
+        for &(i, t) in &s.terms {
+            if starts_run(terms.last(), t) {
+                terms.push((i, t));
+            }
+        }
+        let file = fsutil::open_rw(&s.path, false)?;
+        segments.push(Segment {
+            first: s.first,
+            path: s.path,
+            file,
+            len: s.len,
+            offsets: s.offsets,
+            dirty: false,
+        });
+    }
+    // Drop the runs of purged entries.
+    let live_from = purge.index + 1;
+    let keep_from = terms
+        .partition_point(|(i, _)| *i <= live_from)
+        .saturating_sub(1);
+    terms.drain(..keep_from);
+    if let Some(r) = terms.first_mut() {
+        r.0 = r.0.max(live_from);
+    }
+    let last_index = segments.last().map_or(purge.index, |s| s.end() - 1);
+    let last = if last_index > purge.index {
+        let t = terms.last().map_or(0, |r| r.1);
+        LogId::new(t, last_index)
+    } else {
+        terms.clear();
+        purge
+    };
+    Ok(Recovered {
+        meta_file,
+        meta,
+        segments,
+        terms,
+        last,
+    })
+}
+
+fn apply(dir: &Path, r: &Repairs) -> Result<()> {
+    if let Some((path, len, why)) = &r.cut {
+        tracing::warn!(file = %path.display(), offset = len, reason = %why, "cutting a torn WAL tail");
+        let f = fsutil::open_rw(path, false)?;
+        f.set_len(*len)
+            .map_err(|e| FileStoreError::io("truncate", path, e))?;
+        f.sync_data()
+            .map_err(|e| FileStoreError::io("fdatasync", path, e))?;
+    }
+    for p in &r.remove {
+        fsutil::remove(p)?;
+    }
+    if r.cut.is_some() || !r.remove.is_empty() {
+        fsutil::sync_dir(dir)?;
+    }
+    Ok(())
+}
