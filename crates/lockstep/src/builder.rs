@@ -1,0 +1,275 @@
+//! [`NodeBuilder`]: from a [`Config`] and a state machine to a running node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockstep_core::handler::{
+    AnyOf, BytesSince, DefaultStateMachineHandler, EntriesSince, SnapshotPolicy,
+    StateMachineHandler, TimeSince,
+};
+use lockstep_core::runtime::{Node, NodeParts, StartError};
+use lockstep_core::state_machine::SharedStateMachine;
+use lockstep_core::transport::ChannelNetwork;
+use lockstep_core::{
+    KvStateMachine, LogStore, MemLogStore, MemSnapshotStore, MembershipConfig, SnapshotStore,
+    StateMachine, Transport,
+};
+use tokio::sync::watch;
+
+use crate::config::{Config, ConfigError, StorageKind};
+use crate::data_dir::{self, DataDirError, Identity};
+
+/// Why a node did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory belongs to something else or cannot be used.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// The storage backend could not be opened.
+    #[error("opening {backend} storage under {dir}: {message}")]
+    Storage {
+        /// Backend name.
+        backend: &'static str,
+        /// Directory.
+        dir: String,
+        /// What failed.
+        message: String,
+    },
+    /// The chosen backend is not compiled in.
+    #[error("storage backend `{0}` is not available: enable the lockstep feature `{0}`")]
+    BackendNotCompiled(&'static str),
+    /// No transport: none was given and no network transport is compiled in.
+    #[error("no transport: call NodeBuilder::transport or NodeBuilder::in_process")]
+    NoTransport,
+    /// The runtime refused to start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// Builds a node. The d-engine style call
+/// `NodeBuilder::new(config, shutdown_rx).state_machine(sm).start().await` works; the
+/// state machine defaults to [`KvStateMachine`] and storage to the config's backend.
+pub struct NodeBuilder {
+    config: Config,
+    shutdown: Option<watch::Receiver<()>>,
+    machine: Option<Arc<dyn StateMachine>>,
+    handler: Option<Arc<dyn StateMachineHandler>>,
+    policy: Option<Box<dyn SnapshotPolicy>>,
+    stores: Option<(Box<dyn LogStore>, Arc<dyn SnapshotStore>)>,
+    transport: Option<Arc<dyn Transport>>,
+    network: Option<ChannelNetwork>,
+    seed: Option<u64>,
+}
+
+impl NodeBuilder {
+    /// A builder for `config`; when `shutdown_rx` sees a value (or its sender is dropped),
+    /// the node shuts down gracefully.
+    pub fn new(config: Config, shutdown_rx: watch::Receiver<()>) -> Self {
+        Self {
+            shutdown: Some(shutdown_rx),
+            ..Self::from_config(config)
+        }
+    }
+
+    /// A builder without a shutdown signal (call [`RunningNode::shutdown`]).
+    pub fn from_config(config: Config) -> Self {
+        Self {
+            config,
+            shutdown: None,
+            machine: None,
+            handler: None,
+            policy: None,
+            stores: None,
+            transport: None,
+            network: None,
+            seed: None,
+        }
+    }
+
+    /// The replicated state machine (default: an empty [`KvStateMachine`]). Accepts any
+    /// `Arc<S>` with `S: StateMachine`, including `Arc<dyn StateMachineTrait>`.
+    pub fn state_machine<S: StateMachine + ?Sized>(mut self, machine: Arc<S>) -> Self {
+        self.machine = Some(Arc::new(SharedStateMachine(machine)));
+        self
+    }
+
+    /// Replaces the whole state machine handler (then `state_machine` and the snapshot
+    /// policy are ignored).
+    pub fn handler(mut self, handler: Arc<dyn StateMachineHandler>) -> Self {
+        self.handler = Some(handler);
+        self
+    }
+
+    /// Replaces the snapshot policy from the config.
+    pub fn snapshot_policy(mut self, policy: impl SnapshotPolicy) -> Self {
+        self.policy = Some(Box::new(policy));
+        self
+    }
+
+    /// Uses these stores instead of the config's storage backend.
+    pub fn storage(mut self, log: Box<dyn LogStore>, snapshots: Arc<dyn SnapshotStore>) -> Self {
+        self.stores = Some((log, snapshots));
+        self
+    }
+
+    /// Uses this transport.
+    pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Joins an in-process network (all nodes in this process).
+    pub fn in_process(mut self, network: &ChannelNetwork) -> Self {
+        self.transport = Some(network.transport(self.config.node_id));
+        self.network = Some(network.clone());
+        self
+    }
+
+    /// Seed of the node's randomness (election timeouts); default from the clock.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    fn policy(&mut self) -> Box<dyn SnapshotPolicy> {
+        if let Some(p) = self.policy.take() {
+            return p;
+        }
+        let s = &self.config.snapshot;
+        let mut parts: Vec<Box<dyn SnapshotPolicy>> = Vec::new();
+        if s.every_entries > 0 {
+            parts.push(Box::new(EntriesSince(s.every_entries)));
+        }
+        if s.every_bytes > 0 {
+            parts.push(Box::new(BytesSince(s.every_bytes)));
+        }
+        if s.every_seconds > 0 {
+            parts.push(Box::new(TimeSince(Duration::from_secs(s.every_seconds))));
+        }
+        Box::new(AnyOf(parts))
+    }
+
+    fn open_stores(&self) -> Result<(Box<dyn LogStore>, Arc<dyn SnapshotStore>), BuildError> {
+        let c = &self.config;
+        match c.storage {
+            StorageKind::Memory => Ok((
+                Box::new(MemLogStore::new()),
+                Arc::new(MemSnapshotStore::new()),
+            )),
+            StorageKind::File => open_file(c),
+        }
+    }
+
+    /// Starts the node: opens (or creates) its data, restores the state machine, joins the
+    /// cluster.
+    pub async fn start(mut self) -> Result<RunningNode, BuildError> {
+        self.config.validate()?;
+        let (log, snapshots) = match self.stores.take() {
+            Some(s) => s,
+            None => {
+                if self.config.storage != StorageKind::Memory {
+                    data_dir::claim(
+                        &self.config.data_dir,
+                        &Identity {
+                            backend: self.config.storage.name().into(),
+                            cluster_id: self.config.cluster_id.clone(),
+                            node_id: self.config.node_id,
+                        },
+                    )?;
+                }
+                self.open_stores()?
+            }
+        };
+        let policy = self.policy();
+        let handler = match self.handler.take() {
+            Some(h) => h,
+            None => {
+                let machine = self
+                    .machine
+                    .take()
+                    .unwrap_or_else(|| Arc::new(KvStateMachine::new()));
+                Arc::new(
+                    DefaultStateMachineHandler::new(machine, snapshots, policy)
+                        .keep_snapshots(self.config.snapshot.keep),
+                )
+            }
+        };
+        let transport = self.transport.take().ok_or(BuildError::NoTransport)?;
+        let seed = self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+        let node = Node::start(NodeParts {
+            raft: self.config.raft_config(),
+            runtime: self.config.runtime_config(),
+            log_store: log,
+            handler,
+            transport,
+            bootstrap: self
+                .config
+                .bootstrap
+                .as_ref()
+                .map(|b| MembershipConfig::new_voters(b.voters.iter().copied())),
+            seed,
+        })
+        .await?;
+        if let Some(net) = &self.network {
+            net.register(node.inbox());
+        }
+        if let Some(mut rx) = self.shutdown.take() {
+            let n = node.clone();
+            tokio::spawn(async move {
+                let _ = rx.changed().await;
+                let _ = n.shutdown().await;
+            });
+        }
+        Ok(RunningNode { node })
+    }
+}
+
+#[cfg(feature = "file")]
+fn open_file(c: &Config) -> Result<(Box<dyn LogStore>, Arc<dyn SnapshotStore>), BuildError> {
+    let err = |e: lockstep_storage_file::FileStoreError| BuildError::Storage {
+        backend: "file",
+        dir: c.data_dir.display().to_string(),
+        message: e.to_string(),
+    };
+    let log = lockstep_storage_file::FileLogStore::open(c.data_dir.join("log")).map_err(err)?;
+    let snaps = lockstep_storage_file::FileSnapshotStore::open(c.data_dir.join("snapshots"))
+        .map_err(err)?;
+    Ok((Box::new(log), Arc::new(snaps)))
+}
+
+#[cfg(not(feature = "file"))]
+fn open_file(_: &Config) -> Result<(Box<dyn LogStore>, Arc<dyn SnapshotStore>), BuildError> {
+    Err(BuildError::BackendNotCompiled("file"))
+}
+
+/// A started node. Dereferences to [`Node`] for every operation.
+pub struct RunningNode {
+    node: Node,
+}
+
+impl RunningNode {
+    /// The node handle.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Stops the node gracefully (queued writes made durable).
+    pub async fn shutdown(&self) -> Result<(), lockstep_core::NodeError> {
+        self.node.shutdown().await
+    }
+}
+
+impl std::ops::Deref for RunningNode {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        &self.node
+    }
+}

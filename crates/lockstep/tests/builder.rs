@@ -1,0 +1,175 @@
+//! The facade end to end: nodes built from configs with `NodeBuilder` on file storage.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use lockstep::prelude::*;
+use lockstep::{octopii, BuildError};
+
+const T: Duration = Duration::from_secs(10);
+
+fn config(id: u64, dir: &std::path::Path) -> Config {
+    let text = format!(
+        r#"
+node_id = {id}
+cluster_id = "facade-test"
+data_dir = "{}"
+[bootstrap]
+voters = [1, 2, 3]
+[runtime]
+tick_ms = 5
+[raft]
+election_ticks = 20
+heartbeat_ticks = 3
+"#,
+        dir.join(format!("n{id}")).display()
+    );
+    Config::parse(&text, "test", |_| None).unwrap()
+}
+
+async fn leader_of(nodes: &[RunningNode]) -> &Node {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        if let Some(n) = nodes.iter().find(|n| n.is_leader()) {
+            return n.node();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_kv_nodes_from_configs_replicate_and_survive_a_full_restart_5_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = ChannelNetwork::new();
+    let (tx, rx) = tokio::sync::watch::channel(());
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(
+            NodeBuilder::new(config(id, dir.path()), rx.clone())
+                .in_process(&net)
+                .start()
+                .await
+                .unwrap(),
+        );
+    }
+    let leader = leader_of(&nodes).await;
+    for i in 0..100u32 {
+        let cmd = KvCommand::Put {
+            key: Bytes::from(format!("k{i}")),
+            value: Bytes::from(format!("v{i}")),
+        };
+        leader.propose(cmd.encode()).await.unwrap();
+    }
+    // The d-engine style shutdown signal stops every node gracefully.
+    tx.send(()).unwrap();
+    for n in &nodes {
+        n.wait_for(T, |s| s.stopped.is_some()).await.ok();
+    }
+    drop(nodes);
+
+    let net = ChannelNetwork::new();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        let b = NodeBuilder::from_config(config(id, dir.path())).in_process(&net);
+        nodes.push(b.start().await.unwrap());
+    }
+    let leader = leader_of(&nodes).await;
+    let get = KvQuery::Get { key: "k99".into() }.encode();
+    let r = leader.read(get, ReadLevel::Linearizable).await.unwrap();
+    assert_eq!(
+        KvResponse::decode(&r).unwrap(),
+        KvResponse::Value(Some("v99".into()))
+    );
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// The seed's minimal state machine, passed as the Octopii-style `Arc<dyn StateMachineTrait>`.
+struct Counter(RwLock<i64>);
+
+impl StateMachineTrait for Counter {
+    fn apply(&self, command: &[u8]) -> Result<Bytes, String> {
+        match command {
+            b"INCREMENT" => {
+                let mut c = self.0.write().unwrap();
+                *c += 1;
+                Ok(Bytes::from(c.to_string()))
+            }
+            b"GET" => Ok(Bytes::from(self.0.read().unwrap().to_string())),
+            _ => Err("Unknown command".into()),
+        }
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.read().unwrap().to_le_bytes().to_vec()
+    }
+    fn restore(&self, s: &[u8]) -> Result<(), String> {
+        let b: [u8; 8] = s
+            .try_into()
+            .map_err(|_| "Invalid snapshot size".to_string())?;
+        *self.0.write().unwrap() = i64::from_le_bytes(b);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_octopii_style_state_machine_handle_proposes_and_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = ChannelNetwork::new();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        let sm: octopii::StateMachine = Arc::new(Counter(RwLock::new(0)));
+        nodes.push(
+            NodeBuilder::from_config(config(id, dir.path()))
+                .state_machine(sm)
+                .in_process(&net)
+                .start()
+                .await
+                .unwrap(),
+        );
+    }
+    let leader = leader_of(&nodes).await;
+    for _ in 0..5 {
+        leader.propose(b"INCREMENT".to_vec()).await.unwrap();
+    }
+    assert_eq!(leader.query(b"GET").await.unwrap(), Bytes::from("5"));
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_data_directory_of_another_cluster_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = ChannelNetwork::new();
+    let n = NodeBuilder::from_config(config(1, dir.path()))
+        .in_process(&net)
+        .start()
+        .await
+        .unwrap();
+    n.shutdown().await.unwrap();
+    drop(n);
+    let mut other = config(1, dir.path());
+    other.cluster_id = "another".into();
+    let err = NodeBuilder::from_config(other)
+        .in_process(&net)
+        .start()
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(err, BuildError::DataDir(_)), "{err}");
+    assert!(err.to_string().contains("cluster `facade-test`"), "{err}");
+}
+
+#[tokio::test]
+async fn starting_without_a_transport_names_the_missing_piece() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = NodeBuilder::from_config(config(1, dir.path()))
+        .start()
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(err, BuildError::NoTransport), "{err}");
+}
