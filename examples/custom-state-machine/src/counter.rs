@@ -1,7 +1,7 @@
 //! The seed document's `CounterStateMachine`, unchanged but for its imports.
 
 use bytes::Bytes;
-use lockstep_core::StateMachineTrait;
+use lockstep::StateMachineTrait;
 use std::sync::RwLock;
 
 /// A replicated counter: `INCREMENT` adds one, `GET` reads it.

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use lockstep_core::runtime::cluster::{ClusterOptions, InProcessCluster};
-use lockstep_core::runtime::ReadLevel;
-use lockstep_core::ClientSession;
+use lockstep::{ClientSession, ClusterOptions, InProcessCluster, ReadLevel};
 
 use crate::CounterStateMachine;
 
@@ -105,7 +103,7 @@ pub async fn run(out: &mut impl std::io::Write) -> anyhow::Result<Vec<(u64, i64)
     Ok(counts)
 }
 
-async fn wait_for_count(node: &lockstep_core::runtime::Node, want: i64) -> anyhow::Result<i64> {
+async fn wait_for_count(node: &lockstep::Node, want: i64) -> anyhow::Result<i64> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let got: i64 = String::from_utf8_lossy(&node.query(b"GET").await?).parse()?;

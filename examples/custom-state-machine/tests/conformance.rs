@@ -5,8 +5,8 @@ use std::path::Path;
 use async_trait::async_trait;
 use bytes::Bytes;
 use custom_state_machine::CounterStateMachine;
-use lockstep_core::testing::sm_suite::BoxError;
-use lockstep_core::testing::{StateMachineBuilder, StateMachineTestSuite};
+use lockstep::testing::sm_suite::BoxError;
+use lockstep::testing::{StateMachineBuilder, StateMachineTestSuite};
 
 struct CounterBuilder;
 
