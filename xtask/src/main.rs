@@ -1,8 +1,9 @@
 //! `cargo xtask`: project automation for lockstep.
 //!
 //! - `setup`: installs what a fresh machine lacks (system packages with apt-get, cargo-nextest).
-//! - `test`: setup, format check, clippy, every test with nextest, doc tests, the simulator
-//!   over many seeds (release build) and the checks that it catches broken protocol variants.
+//! - `test`: setup, format check, clippy, every test with nextest, doc tests, the facade's
+//!   feature matrix, the examples as smoke tests, the simulator over many seeds (release
+//!   build) and the checks that it catches broken protocol variants.
 //! - `sim [ARGS]`: runs the deterministic simulator (release); `--seed N` replays one seed.
 //! - `bench [ARGS]`: runs the criterion benchmarks.
 
@@ -113,6 +114,8 @@ fn test() -> Result<()> {
         ],
     )?;
     run(&cargo, &["test", "--doc", "--workspace", "--all-features"])?;
+    feature_matrix()?;
+    examples()?;
     let seeds = TEST_SEEDS.to_string();
     sim(&["--seeds".into(), seeds])?;
     run(&cargo, &["build", "--benches", "-p", "lockstep-benches"])?;
@@ -121,6 +124,29 @@ fn test() -> Result<()> {
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Feature combinations of the facade that must build on their own, as a downstream crate
+/// would select them.
+const FEATURE_SETS: &[&[&str]] = &[
+    &["--no-default-features"],
+    &[],
+    &["--no-default-features", "--features", "testing"],
+];
+
+/// Builds the facade alone with each feature combination that matters.
+fn feature_matrix() -> Result<()> {
+    for set in FEATURE_SETS {
+        let mut a = vec!["check", "--quiet", "-p", "lockstep", "--lib"];
+        a.extend_from_slice(set);
+        run(&cargo(), &a)?;
+    }
+    Ok(())
+}
+
+/// Runs every example binary once, as a smoke test: each must finish and exit 0.
+fn examples() -> Result<()> {
+    run(&cargo(), &["run", "--quiet", "-p", "custom-state-machine"])
 }
 
 fn sim(args: &[String]) -> Result<()> {
