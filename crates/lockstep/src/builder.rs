@@ -7,6 +7,7 @@ use lockstep_core::handler::{
     AnyOf, BytesSince, DefaultStateMachineHandler, EntriesSince, SnapshotPolicy,
     StateMachineHandler, TimeSince,
 };
+use lockstep_core::runtime::cluster::NodeStorage;
 use lockstep_core::runtime::{Node, NodeParts, StartError};
 use lockstep_core::state_machine::SharedStateMachine;
 use lockstep_core::transport::ChannelNetwork;
@@ -152,7 +153,7 @@ impl NodeBuilder {
         Box::new(AnyOf(parts))
     }
 
-    fn open_stores(&self) -> Result<(Box<dyn LogStore>, Arc<dyn SnapshotStore>), BuildError> {
+    fn open_stores(&self) -> Result<NodeStorage, BuildError> {
         let c = &self.config;
         match c.storage {
             StorageKind::Memory => Ok((
@@ -233,7 +234,7 @@ impl NodeBuilder {
 }
 
 #[cfg(feature = "file")]
-fn open_file(c: &Config) -> Result<(Box<dyn LogStore>, Arc<dyn SnapshotStore>), BuildError> {
+fn open_file(c: &Config) -> Result<NodeStorage, BuildError> {
     let err = |e: lockstep_storage_file::FileStoreError| BuildError::Storage {
         backend: "file",
         dir: c.data_dir.display().to_string(),
@@ -246,7 +247,7 @@ fn open_file(c: &Config) -> Result<(Box<dyn LogStore>, Arc<dyn SnapshotStore>), 
 }
 
 #[cfg(not(feature = "file"))]
-fn open_file(_: &Config) -> Result<(Box<dyn LogStore>, Arc<dyn SnapshotStore>), BuildError> {
+fn open_file(_: &Config) -> Result<NodeStorage, BuildError> {
     Err(BuildError::BackendNotCompiled("file"))
 }
 
