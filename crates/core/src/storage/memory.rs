@@ -23,6 +23,35 @@ impl Image {
     fn last(&self) -> LogId {
         self.entries.last().map_or(self.offset, |e| e.log_id)
     }
+
+    fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Append(entries) => self.entries.extend_from_slice(entries),
+            Op::Truncate(from) => {
+                let keep = from.saturating_sub(self.offset.index + 1) as usize;
+                self.entries.truncate(keep);
+            }
+            Op::Purge(up_to) => {
+                if up_to.index > self.offset.index {
+                    let n = ((up_to.index - self.offset.index) as usize).min(self.entries.len());
+                    self.entries.drain(..n);
+                    self.offset = *up_to;
+                }
+            }
+            Op::HardState(hs) => self.hard_state = *hs,
+            Op::Snapshot(m) => self.snapshot = Some(m.clone()),
+        }
+    }
+}
+
+/// A mutation not yet synced.
+#[derive(Clone, Debug)]
+enum Op {
+    Append(Vec<Entry>),
+    Truncate(Index),
+    Purge(LogId),
+    HardState(HardState),
+    Snapshot(SnapshotMeta),
 }
 
 /// An in-memory log store. `sync` copies the working image into a shared "durable" image;
@@ -31,6 +60,8 @@ impl Image {
 #[derive(Debug, Default)]
 pub struct MemLogStore {
     work: Image,
+    /// Mutations since the last sync, replayed onto the durable image by `sync`.
+    pending: Vec<Op>,
     durable: Arc<Mutex<Image>>,
     /// Test hook: the next `sync` fails (to exercise fail-stop).
     fail_sync: Arc<Mutex<bool>>,
@@ -52,6 +83,7 @@ impl MemDisk {
         let img = self.0.lock().map(|g| g.clone()).unwrap_or_default();
         MemLogStore {
             work: img,
+            pending: Vec::new(),
             durable: self.0.clone(),
             fail_sync: Arc::default(),
         }
@@ -62,6 +94,11 @@ impl MemLogStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn record(&mut self, op: Op) {
+        self.work.apply(&op);
+        self.pending.push(op);
     }
 
     /// The disk under this store.
@@ -108,33 +145,27 @@ impl LogStore for MemLogStore {
                 found: first.log_id,
             });
         }
-        self.work.entries.extend_from_slice(entries);
+        self.record(Op::Append(entries.to_vec()));
         Ok(())
     }
 
     fn truncate(&mut self, from: Index) -> Result<(), StorageError> {
-        let keep = from.saturating_sub(self.work.offset.index + 1) as usize;
-        self.work.entries.truncate(keep);
+        self.record(Op::Truncate(from));
         Ok(())
     }
 
     fn purge(&mut self, up_to: LogId) -> Result<(), StorageError> {
-        if up_to.index <= self.work.offset.index {
-            return Ok(());
-        }
-        let n = ((up_to.index - self.work.offset.index) as usize).min(self.work.entries.len());
-        self.work.entries.drain(..n);
-        self.work.offset = up_to;
+        self.record(Op::Purge(up_to));
         Ok(())
     }
 
     fn save_hard_state(&mut self, hs: &HardState) -> Result<(), StorageError> {
-        self.work.hard_state = *hs;
+        self.record(Op::HardState(*hs));
         Ok(())
     }
 
     fn save_snapshot_meta(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
-        self.work.snapshot = Some(meta.clone());
+        self.record(Op::Snapshot(meta.clone()));
         Ok(())
     }
 
@@ -149,7 +180,9 @@ impl LogStore for MemLogStore {
         }
         match self.durable.lock() {
             Ok(mut d) => {
-                *d = self.work.clone();
+                for op in self.pending.drain(..) {
+                    d.apply(&op);
+                }
                 Ok(())
             }
             Err(_) => Err(StorageError::Other("memory log store lock poisoned".into())),
