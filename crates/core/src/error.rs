@@ -127,6 +127,14 @@ pub enum NodeError {
     /// The request did not complete in time; its outcome is unknown.
     #[error("request timed out after {0:?}; outcome unknown")]
     Timeout(std::time::Duration),
+    /// The command or query is larger than `RuntimeConfig::max_command_bytes`.
+    #[error("command of {size} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The node is overloaded and refused the request (back-pressure).
     #[error("node {0} is overloaded: too many requests in flight")]
     Overloaded(NodeId),

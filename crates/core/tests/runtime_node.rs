@@ -132,3 +132,22 @@ async fn a_restarted_node_does_not_bootstrap_again() {
     );
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_command_is_refused_before_it_reaches_the_log() {
+    let mut p = parts(MemLogStore::new(), Arc::default());
+    p.runtime.max_command_bytes = 1024;
+    let node = Node::start(p).await.unwrap();
+    node.wait_for(T, |s| s.is_leader()).await.unwrap();
+    let err = node.propose(vec![0u8; 1025]).await.unwrap_err();
+    assert_eq!(
+        err,
+        NodeError::TooLarge {
+            size: 1025,
+            max: 1024
+        }
+    );
+    assert!(!lockstep_core::runtime::cluster::retryable(&err));
+    node.propose(7u64.to_le_bytes().to_vec()).await.unwrap();
+    node.shutdown().await.unwrap();
+}

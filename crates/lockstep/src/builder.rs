@@ -66,8 +66,8 @@ pub struct NodeBuilder {
 }
 
 impl NodeBuilder {
-    /// A builder for `config`; when `shutdown_rx` sees a value (or its sender is dropped),
-    /// the node shuts down gracefully.
+    /// A builder for `config`; when a value is sent on the `shutdown_rx` channel, the node
+    /// shuts down gracefully. (Dropping the sender without sending does not stop the node.)
     pub fn new(config: Config, shutdown_rx: watch::Receiver<()>) -> Self {
         Self {
             shutdown: Some(shutdown_rx),
@@ -168,6 +168,7 @@ impl NodeBuilder {
     /// cluster.
     pub async fn start(mut self) -> Result<RunningNode, BuildError> {
         self.config.validate()?;
+        let transport = self.transport.take().ok_or(BuildError::NoTransport)?;
         let (log, snapshots) = match self.stores.take() {
             Some(s) => s,
             None => {
@@ -198,7 +199,6 @@ impl NodeBuilder {
                 )
             }
         };
-        let transport = self.transport.take().ok_or(BuildError::NoTransport)?;
         let seed = self.seed.unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -225,8 +225,9 @@ impl NodeBuilder {
         if let Some(mut rx) = self.shutdown.take() {
             let n = node.clone();
             tokio::spawn(async move {
-                let _ = rx.changed().await;
-                let _ = n.shutdown().await;
+                if rx.changed().await.is_ok() {
+                    let _ = n.shutdown().await;
+                }
             });
         }
         Ok(RunningNode { node })

@@ -107,11 +107,13 @@ pub fn claim(dir: &Path, id: &Identity) -> Result<(), DataDirError> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = dir.join(format!("{MARKER}.tmp"));
+            // A crash while claiming leaves only the temporary marker: start over.
+            let _ = std::fs::remove_file(&tmp);
             let has_files = std::fs::read_dir(dir).map_err(io(dir))?.next().is_some();
             if has_files {
                 return Err(DataDirError::Foreign(dir.to_path_buf()));
             }
-            let tmp = dir.join(format!("{MARKER}.tmp"));
             let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
             f.write_all(id.render().as_bytes()).map_err(io(&tmp))?;
             f.sync_all().map_err(io(&tmp))?;
@@ -153,6 +155,14 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn a_claim_interrupted_before_the_rename_is_redone() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join(format!("{MARKER}.tmp")), b"format=1\n").unwrap();
+        claim(d.path(), &id("file", "a", 1)).unwrap();
+        claim(d.path(), &id("file", "a", 1)).unwrap();
     }
 
     #[test]

@@ -35,7 +35,9 @@ pub use lockstep_core::handler::{
     BytesSince, DefaultStateMachineHandler, EntriesSince, Never, SnapshotPolicy, SnapshotPolicyExt,
     StateMachineHandler, TimeSince,
 };
-pub use lockstep_core::runtime::cluster::{ClusterOptions, InProcessCluster};
+pub use lockstep_core::runtime::cluster::{
+    retryable, ClusterOptions, ClusterStorage, InProcessCluster, MemoryStorage, NodeStorage,
+};
 pub use lockstep_core::runtime::{Node, NodeStatus, ReadLevel, RuntimeConfig};
 pub use lockstep_core::state_machine::{
     Command, KvCommand, KvQuery, KvResponse, KvStateMachine, StateMachine, StateMachineTrait,

@@ -6,7 +6,7 @@
 mod envelope;
 pub mod policy;
 
-pub use policy::{
+pub use self::policy::{
     default_policy, AnyOf, BytesSince, EntriesSince, Never, SnapshotPolicy, SnapshotPolicyExt,
     SnapshotStats, TimeSince,
 };
@@ -29,9 +29,9 @@ use crate::types::{Entry, EntryPayload, Index, LogId, SnapshotMeta};
 #[async_trait]
 pub trait StateMachineHandler: Send + Sync + 'static {
     /// Called once at start with the latest snapshot the log store records: restores it
-    /// (unless the machine persists itself and is already past it) and returns the last
-    /// applied index.
-    async fn open(&self, snapshot: Option<&SnapshotMeta>) -> Result<Index, HandlerError>;
+    /// (unless the machine persists itself and is already past it) and reports the applied
+    /// index and the snapshot actually in use.
+    async fn open(&self, snapshot: Option<&SnapshotMeta>) -> Result<Opened, HandlerError>;
 
     /// Applies committed entries (in order, contiguous) and returns the answer of every
     /// command entry, by index.
@@ -61,6 +61,17 @@ pub trait StateMachineHandler: Send + Sync + 'static {
     async fn install_snapshot(&self, meta: &SnapshotMeta) -> Result<(), HandlerError>;
 }
 
+/// What [`StateMachineHandler::open`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Opened {
+    /// The last applied index.
+    pub applied: Index,
+    /// The snapshot the state was restored from (or that the machine is past): the one the
+    /// log store named, or a newer one if a crash came between storing a snapshot and
+    /// recording it.
+    pub snapshot: Option<SnapshotMeta>,
+}
+
 /// Mutable state of the default handler, guarded so snapshots see a consistent point.
 struct Applied {
     last: LogId,
@@ -81,6 +92,8 @@ pub struct DefaultStateMachineHandler {
     state: Mutex<Applied>,
     applied: std::sync::atomic::AtomicU64,
     incoming: StdMutex<Option<(SnapshotMeta, Bytes)>>,
+    /// One snapshot build at a time.
+    building: Mutex<()>,
 }
 
 impl DefaultStateMachineHandler {
@@ -106,6 +119,7 @@ impl DefaultStateMachineHandler {
             }),
             applied: Default::default(),
             incoming: StdMutex::new(None),
+            building: Mutex::new(()),
         }
     }
 
@@ -153,6 +167,28 @@ impl DefaultStateMachineHandler {
         Ok(())
     }
 
+    /// The snapshot to start from: the one the log store names, or — if a crash came after
+    /// a newer snapshot was stored but before it was recorded, and retention removed the
+    /// named one — the newest stored snapshot past it.
+    fn usable_snapshot(&self, named: &SnapshotMeta) -> Result<SnapshotMeta, HandlerError> {
+        if self.store.load(named.last_log_id)?.is_some() {
+            return Ok(named.clone());
+        }
+        let newer = self
+            .store
+            .list()?
+            .into_iter()
+            .filter(|m| m.last_log_id.index > named.last_log_id.index)
+            .max_by_key(|m| m.last_log_id.index);
+        match newer {
+            Some(m) => {
+                tracing::warn!(named = %named.last_log_id, using = %m.last_log_id, "recorded snapshot missing; starting from a newer one");
+                Ok(m)
+            }
+            None => Err(HandlerError::MissingSnapshot(named.last_log_id)),
+        }
+    }
+
     /// Applies a run of commands that need the state machine, recording sessions.
     async fn flush(
         &self,
@@ -185,9 +221,13 @@ impl DefaultStateMachineHandler {
 
 #[async_trait]
 impl StateMachineHandler for DefaultStateMachineHandler {
-    async fn open(&self, snapshot: Option<&SnapshotMeta>) -> Result<Index, HandlerError> {
+    async fn open(&self, snapshot: Option<&SnapshotMeta>) -> Result<Opened, HandlerError> {
         let mut st = self.state.lock().await;
-        if let Some(meta) = snapshot {
+        let snapshot = match snapshot {
+            Some(named) => Some(self.usable_snapshot(named)?),
+            None => None,
+        };
+        if let Some(meta) = &snapshot {
             let env = self.load_envelope(meta)?;
             let own = self.machine.last_applied().unwrap_or_default();
             if own.index >= meta.last_log_id.index {
@@ -207,7 +247,10 @@ impl StateMachineHandler for DefaultStateMachineHandler {
             self.applied
                 .store(own.index, std::sync::atomic::Ordering::Release);
         }
-        Ok(st.last.index)
+        Ok(Opened {
+            applied: st.last.index,
+            snapshot,
+        })
     }
 
     async fn apply(&self, entries: &[Entry]) -> Result<Vec<(Index, CommandResult)>, HandlerError> {
@@ -296,6 +339,7 @@ impl StateMachineHandler for DefaultStateMachineHandler {
     }
 
     async fn build_snapshot(&self) -> Result<Option<SnapshotMeta>, HandlerError> {
+        let _one_at_a_time = self.building.lock().await;
         let (meta, data) = {
             let mut st = self.state.lock().await;
             if st.last.index <= st.snapshot.index {

@@ -123,7 +123,7 @@ async fn the_policy_triggers_a_snapshot_that_restores_state_and_sessions_7() {
         Arc::new(store),
         Never,
     );
-    assert_eq!(h2.open(Some(&meta)).await.unwrap(), 3);
+    assert_eq!(h2.open(Some(&meta)).await.unwrap().applied, 3);
     assert_eq!(m2.0.lock().unwrap().len(), 3);
     let out = h2.apply(&[cmd(4, b"a", Some((5, 1)))]).await.unwrap();
     assert_eq!(
@@ -191,4 +191,34 @@ async fn a_rejected_command_is_an_answer_not_an_error() {
     let (h, _, _) = handler(Never);
     let out = h.apply(&[cmd(1, b"reject", None)]).await.unwrap();
     assert_eq!(out[0].1, Err(CommandError("rejected".into())));
+}
+
+#[tokio::test]
+async fn a_missing_recorded_snapshot_falls_back_to_a_newer_stored_one() {
+    let (h, _, store) = handler(Never);
+    h.apply(&[cmd(1, b"a", None)]).await.unwrap();
+    let old = h.build_snapshot().await.unwrap().unwrap();
+    h.apply(&[cmd(2, b"b", None)]).await.unwrap();
+    let new = h.build_snapshot().await.unwrap().unwrap();
+    // A crash after `new` was stored but before it was recorded, with `old` deleted.
+    let store2 = MemSnapshotStore::new();
+    let data = store.load(new.last_log_id).unwrap().unwrap();
+    store2.save(&new, data).unwrap();
+    let m2 = Arc::new(Log::default());
+    let h2 = DefaultStateMachineHandler::new(
+        Arc::new(crate::state_machine::SharedStateMachine(m2.clone())),
+        Arc::new(store2),
+        Never,
+    );
+    let opened = h2.open(Some(&old)).await.unwrap();
+    assert_eq!(opened.snapshot, Some(new));
+    assert_eq!(opened.applied, 2);
+    assert_eq!(m2.0.lock().unwrap().len(), 2);
+    // With nothing newer stored, the missing snapshot is an error naming it.
+    let (h3, _, _) = handler(Never);
+    let err = h3.open(Some(&old)).await.unwrap_err();
+    assert!(
+        matches!(err, HandlerError::MissingSnapshot(id) if id == old.last_log_id),
+        "{err}"
+    );
 }

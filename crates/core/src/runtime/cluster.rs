@@ -299,7 +299,9 @@ impl<S: StateMachine> InProcessCluster<S> {
 /// True if a request may be retried (with the same session) on the current leader.
 pub fn retryable(e: &NodeError) -> bool {
     match e {
-        NodeError::Client(ClientError::InvalidMembership(_)) => false,
+        NodeError::Client(ClientError::InvalidMembership(_))
+        | NodeError::Client(ClientError::NotAVoter(_))
+        | NodeError::TooLarge { .. } => false,
         NodeError::Client(_)
         | NodeError::Timeout(_)
         | NodeError::Stopped(_)

@@ -16,6 +16,10 @@ pub struct RuntimeConfig {
     pub max_pending_requests: usize,
     /// Proposals taken into one protocol batch at most.
     pub max_proposal_batch: usize,
+    /// Largest command (or query) accepted, in bytes; larger ones are refused with
+    /// [`crate::NodeError::TooLarge`] before they reach the log, so one oversized entry
+    /// can never stop the nodes that would have to store it.
+    pub max_command_bytes: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -25,6 +29,7 @@ impl Default for RuntimeConfig {
             request_timeout: Duration::from_secs(10),
             max_pending_requests: 100_000,
             max_proposal_batch: 4096,
+            max_command_bytes: 16 << 20,
         }
     }
 }
@@ -47,6 +52,13 @@ impl RuntimeConfig {
         }
         if self.max_pending_requests == 0 {
             return err("max_pending_requests", "0".into(), "at least 1");
+        }
+        if self.max_command_bytes == 0 || self.max_command_bytes > 256 << 20 {
+            return err(
+                "max_command_bytes",
+                self.max_command_bytes.to_string(),
+                "between 1 and 268435456 (256 MiB)",
+            );
         }
         if self.max_proposal_batch == 0 {
             return err("max_proposal_batch", "0".into(), "at least 1");

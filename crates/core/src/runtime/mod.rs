@@ -184,13 +184,13 @@ impl Node {
         })
         .await
         .map_err(|e| StorageError::Other(format!("log store loader panicked: {e}")))??;
-        let applied = handler.open(stored.snapshot.as_ref()).await?;
+        let opened = handler.open(stored.snapshot.as_ref()).await?;
         let init = InitialState {
             hard_state: stored.hard_state,
-            snapshot: stored.snapshot.unwrap_or_default(),
+            snapshot: opened.snapshot.unwrap_or_default(),
             log_offset: stored.log_offset,
             entries: stored.entries,
-            applied,
+            applied: opened.applied,
         };
         let raft = Raft::new(raft_cfg, init, seed)?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -265,6 +265,16 @@ impl Node {
         }
     }
 
+    fn checked(&self, data: Bytes) -> Result<Bytes, NodeError> {
+        if data.len() > self.cfg.max_command_bytes {
+            return Err(NodeError::TooLarge {
+                size: data.len(),
+                max: self.cfg.max_command_bytes,
+            });
+        }
+        Ok(data)
+    }
+
     fn stopped_error(&self) -> NodeError {
         NodeError::Stopped(
             self.status
@@ -279,7 +289,7 @@ impl Node {
     /// (durable on a majority) and applied here. On a follower this fails with
     /// `NotLeader` and the leader's id, if known.
     pub async fn propose(&self, command: impl Into<Bytes>) -> Result<Bytes, NodeError> {
-        let data = command.into();
+        let data = self.checked(command.into())?;
         self.request(|reply| Input::Propose {
             session: None,
             data,
@@ -295,7 +305,7 @@ impl Node {
         session: ClientSession,
         command: impl Into<Bytes>,
     ) -> Result<Bytes, NodeError> {
-        let data = command.into();
+        let data = self.checked(command.into())?;
         self.request(|reply| Input::Propose {
             session: Some(session),
             data,
@@ -310,7 +320,7 @@ impl Node {
         query: impl Into<Bytes>,
         level: ReadLevel,
     ) -> Result<Bytes, NodeError> {
-        let query = query.into();
+        let query = self.checked(query.into())?;
         let consistency = match level {
             ReadLevel::Eventual => return self.query(query).await,
             ReadLevel::Linearizable => ReadConsistency::Linearizable,

@@ -29,7 +29,10 @@
 //! Every key can be overridden by an environment variable named `LOCKSTEP_` followed by
 //! the key path in upper case with `_` between parts: `LOCKSTEP_NODE_ID`,
 //! `LOCKSTEP_RAFT_ELECTION_TICKS`, `LOCKSTEP_SNAPSHOT_EVERY_ENTRIES`. Peers are overridden
-//! as a whole with `LOCKSTEP_PEERS="1=127.0.0.1:7001,2=127.0.0.1:7002"`.
+//! as a whole with `LOCKSTEP_PEERS="1=127.0.0.1:7001,2=127.0.0.1:7002"`, founding voters
+//! with `LOCKSTEP_BOOTSTRAP_VOTERS="[1, 2, 3]"`. Values of `cluster_id`, `listen`,
+//! `data_dir` and `storage` are taken as plain strings; others are read as TOML values
+//! (`25`, `true`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -254,6 +257,7 @@ fn default_listen() -> String {
 
 /// Keys that environment variables can override (peers are handled separately).
 const ENV_KEYS: &[&str] = &[
+    "bootstrap.voters",
     "node_id",
     "cluster_id",
     "listen",
@@ -275,6 +279,9 @@ const ENV_KEYS: &[&str] = &[
     "snapshot.every_seconds",
     "snapshot.keep",
 ];
+
+/// Keys whose environment value is always taken as a plain string.
+const STRING_KEYS: &[&str] = &["cluster_id", "listen", "data_dir", "storage"];
 
 /// The environment variable that overrides `key`.
 pub fn env_name(key: &str) -> String {
@@ -330,7 +337,12 @@ impl Config {
             .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
         for key in ENV_KEYS {
             if let Some(raw) = env(&env_name(key)) {
-                set_path(&mut doc, key, env_value(&raw));
+                let value = if STRING_KEYS.contains(key) {
+                    toml::Value::String(raw)
+                } else {
+                    env_value(&raw)
+                };
+                set_path(&mut doc, key, value);
             }
         }
         if let Some(raw) = env("LOCKSTEP_PEERS") {
@@ -414,8 +426,12 @@ impl Config {
                 ));
             }
         }
-        if self.snapshot.keep == 0 {
-            return Err(invalid("snapshot.keep", 0, "at least 1"));
+        if self.snapshot.keep < 2 {
+            return Err(invalid(
+                "snapshot.keep",
+                self.snapshot.keep,
+                "at least 2 (the snapshot the log store names is kept until a newer one is recorded)",
+            ));
         }
         self.raft_config()
             .validate()
@@ -424,17 +440,19 @@ impl Config {
                 value: e.value,
                 expected: e.expected,
             })?;
-        self.runtime_config()
-            .validate()
-            .map_err(|e| ConfigError::Invalid {
-                key: match e.key {
-                    "tick" => "runtime.tick_ms".into(),
-                    "request_timeout" => "runtime.request_timeout_ms".into(),
-                    k => format!("runtime.{k}"),
-                },
-                value: e.value,
-                expected: e.expected,
-            })?;
+        self.runtime_config().validate().map_err(|e| match e.key {
+            "tick" => invalid(
+                "runtime.tick_ms",
+                self.runtime.tick_ms,
+                "between 1 and 10000",
+            ),
+            "request_timeout" => invalid(
+                "runtime.request_timeout_ms",
+                self.runtime.request_timeout_ms,
+                "at least 1",
+            ),
+            k => invalid(&format!("runtime.{k}"), e.value, e.expected),
+        })?;
         Ok(())
     }
 

@@ -37,6 +37,8 @@ fn environment_variables_override_file_values() {
         "LOCKSTEP_STORAGE" => Some("memory".to_string()),
         "LOCKSTEP_LISTEN" => Some("127.0.0.1:9000".to_string()),
         "LOCKSTEP_PEERS" => Some("1=127.0.0.1:9000, 3=127.0.0.1:9003".to_string()),
+        "LOCKSTEP_CLUSTER_ID" => Some("2024".to_string()),
+        "LOCKSTEP_BOOTSTRAP_VOTERS" => Some("[1, 3]".to_string()),
         _ => None,
     };
     let c = Config::parse(MINIMAL, "test", env).unwrap();
@@ -45,6 +47,8 @@ fn environment_variables_override_file_values() {
     assert_eq!(c.storage, StorageKind::Memory);
     assert_eq!(c.listen, "127.0.0.1:9000");
     assert_eq!(c.peers.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
+    assert_eq!(c.cluster_id, "2024", "string keys stay strings");
+    assert_eq!(c.bootstrap.unwrap().voters, vec![1, 3]);
 }
 
 #[test]
@@ -52,7 +56,7 @@ fn a_bad_value_names_its_key_and_the_accepted_range() {
     let cases = [
         ("[raft]\nheartbeat_ticks = 20", "raft.election_ticks"),
         ("[runtime]\ntick_ms = 0", "runtime.tick_ms"),
-        ("[snapshot]\nkeep = 0", "snapshot.keep"),
+        ("[snapshot]\nkeep = 1", "snapshot.keep"),
         ("[bootstrap]\nvoters = [7, 8]", "bootstrap.voters"),
     ];
     for (extra, key) in cases {
@@ -68,6 +72,17 @@ fn a_bad_value_names_its_key_and_the_accepted_range() {
             other => panic!("{extra}: {other}"),
         }
     }
+    let err = Config::parse(
+        "node_id = 1\ndata_dir = \"d\"\n[runtime]\ntick_ms = 0",
+        "test",
+        no_env,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("`runtime.tick_ms` = 0: expected between 1 and 10000"),
+        "{err}"
+    );
     let err = Config::parse("node_id = 0", "test", no_env).unwrap_err();
     assert!(err.to_string().contains("`node_id` = 0"), "{err}");
     let err = Config::parse(
