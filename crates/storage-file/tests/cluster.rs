@@ -39,7 +39,9 @@ async fn file_cluster_leader_crash_mid_load_loses_no_acknowledged_write_5_4() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_cluster_learner_catches_up_through_a_snapshot_7() {
-    suite::learner_catches_up_by_snapshot(storage()).await.unwrap();
+    suite::learner_catches_up_by_snapshot(storage())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,5 +61,7 @@ async fn file_cluster_partitioned_leader_serves_no_stale_reads_thesis_6_4() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_cluster_full_restart_keeps_every_write_5_3() {
-    suite::full_restart_keeps_every_write(storage()).await.unwrap();
+    suite::full_restart_keeps_every_write(storage())
+        .await
+        .unwrap();
 }

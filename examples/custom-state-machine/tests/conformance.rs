@@ -29,12 +29,16 @@ impl StateMachineBuilder for CounterBuilder {
 
 #[tokio::test]
 async fn the_seed_counter_passes_the_state_machine_test_suite() {
-    let report = StateMachineTestSuite::run_all_tests(CounterBuilder).await.unwrap();
+    let report = StateMachineTestSuite::run_all_tests(CounterBuilder)
+        .await
+        .unwrap();
     assert!(report.passed("determinism"), "{report:?}");
 }
 
 #[tokio::test]
 async fn the_seed_counter_applies_in_linear_time() {
-    let perf = StateMachineTestSuite::run_performance_tests(CounterBuilder).await.unwrap();
+    let perf = StateMachineTestSuite::run_performance_tests(CounterBuilder)
+        .await
+        .unwrap();
     println!("1,000 entries took {:.1}x the time of 100", perf.ratio);
 }
