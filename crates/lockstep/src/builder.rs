@@ -43,8 +43,11 @@ pub enum BuildError {
     #[error("storage backend `{0}` is not available: enable the lockstep feature `{0}`")]
     BackendNotCompiled(&'static str),
     /// No transport: none was given and no network transport is compiled in.
-    #[error("no transport: call NodeBuilder::transport or NodeBuilder::in_process")]
+    #[error("no transport: enable the lockstep feature `grpc`, or call NodeBuilder::transport or NodeBuilder::in_process")]
     NoTransport,
+    /// The network transport or server could not start.
+    #[error("transport: {0}")]
+    Transport(String),
     /// The runtime refused to start.
     #[error(transparent)]
     Start(#[from] StartError),
@@ -168,7 +171,12 @@ impl NodeBuilder {
     /// cluster.
     pub async fn start(mut self) -> Result<RunningNode, BuildError> {
         self.config.validate()?;
-        let transport = self.transport.take().ok_or(BuildError::NoTransport)?;
+        let net = self.network_transport()?;
+        let transport = match (self.transport.take(), &net) {
+            (Some(t), _) => t,
+            (None, Some(n)) => n.transport(),
+            (None, None) => return Err(BuildError::NoTransport),
+        };
         let (log, snapshots) = match self.stores.take() {
             Some(s) => s,
             None => {
@@ -222,6 +230,10 @@ impl NodeBuilder {
         if let Some(net) = &self.network {
             net.register(node.inbox());
         }
+        let server = match net {
+            Some(n) => Some(n.serve(&node, self.shutdown.clone()).await?),
+            None => None,
+        };
         if let Some(mut rx) = self.shutdown.take() {
             let n = node.clone();
             tokio::spawn(async move {
@@ -230,7 +242,15 @@ impl NodeBuilder {
                 }
             });
         }
-        Ok(RunningNode { node })
+        Ok(RunningNode { node, server })
+    }
+
+    /// The network transport to create, unless one was given.
+    fn network_transport(&self) -> Result<Option<NetworkParts>, BuildError> {
+        if self.transport.is_some() {
+            return Ok(None);
+        }
+        NetworkParts::new(&self.config)
     }
 }
 
@@ -252,9 +272,86 @@ fn open_file(_: &Config) -> Result<NodeStorage, BuildError> {
     Err(BuildError::BackendNotCompiled("file"))
 }
 
+/// The gRPC transport and server of a node (feature `grpc`).
+#[cfg(feature = "grpc")]
+struct NetworkParts {
+    config: lockstep_transport_grpc::GrpcConfig,
+    transport: Arc<lockstep_transport_grpc::GrpcTransport>,
+}
+
+#[cfg(feature = "grpc")]
+impl NetworkParts {
+    fn new(config: &Config) -> Result<Option<Self>, BuildError> {
+        let g = crate::network::grpc_config(config)?;
+        let transport = crate::network::transport(&g)?;
+        Ok(Some(Self {
+            config: g,
+            transport,
+        }))
+    }
+
+    fn transport(&self) -> Arc<dyn Transport> {
+        self.transport.clone()
+    }
+
+    async fn serve(
+        self,
+        node: &Node,
+        shutdown: Option<watch::Receiver<()>>,
+    ) -> Result<Server, BuildError> {
+        let stop = async move {
+            match shutdown {
+                Some(mut rx) => {
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let handle = lockstep_transport_grpc::GrpcServer::serve(
+            self.config,
+            node.clone(),
+            self.transport.clone(),
+            stop,
+        )
+        .await
+        .map_err(|e| BuildError::Transport(e.to_string()))?;
+        Ok(Server {
+            handle: tokio::sync::Mutex::new(Some(handle)),
+            transport: self.transport,
+        })
+    }
+}
+
+#[cfg(not(feature = "grpc"))]
+struct NetworkParts;
+
+#[cfg(not(feature = "grpc"))]
+impl NetworkParts {
+    fn new(_: &Config) -> Result<Option<Self>, BuildError> {
+        Ok(None)
+    }
+    fn transport(&self) -> Arc<dyn Transport> {
+        unreachable!("no network transport without the grpc feature")
+    }
+    async fn serve(self, _: &Node, _: Option<watch::Receiver<()>>) -> Result<Server, BuildError> {
+        Err(BuildError::NoTransport)
+    }
+}
+
+/// A node's running gRPC server.
+struct Server {
+    #[cfg(feature = "grpc")]
+    handle: tokio::sync::Mutex<Option<lockstep_transport_grpc::ServerHandle>>,
+    #[cfg(feature = "grpc")]
+    transport: Arc<lockstep_transport_grpc::GrpcTransport>,
+}
+
 /// A started node. Dereferences to [`Node`] for every operation.
 pub struct RunningNode {
     node: Node,
+    server: Option<Server>,
 }
 
 impl RunningNode {
@@ -263,9 +360,43 @@ impl RunningNode {
         &self.node
     }
 
-    /// Stops the node gracefully (queued writes made durable).
+    /// The address the gRPC server listens on (feature `grpc`; with `listen` port 0, the
+    /// port the system chose).
+    #[cfg(feature = "grpc")]
+    pub async fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        let s = self.server.as_ref()?;
+        let h = s.handle.lock().await;
+        h.as_ref().map(|h| h.local_addr())
+    }
+
+    /// The gRPC transport (feature `grpc`), e.g. to add a peer's address at run time.
+    #[cfg(feature = "grpc")]
+    pub fn grpc_transport(&self) -> Option<&Arc<lockstep_transport_grpc::GrpcTransport>> {
+        self.server.as_ref().map(|s| &s.transport)
+    }
+
+    /// Stops the node gracefully (queued writes made durable), then its server.
     pub async fn shutdown(&self) -> Result<(), lockstep_core::NodeError> {
-        self.node.shutdown().await
+        let r = self.node.shutdown().await;
+        self.stop_server().await;
+        r
+    }
+
+    /// Simulates a crash (for tests and demos): the node stops at once without syncing
+    /// what it had queued, and its server closes.
+    pub async fn crash(&self) {
+        self.node.crash().await;
+        self.stop_server().await;
+    }
+
+    async fn stop_server(&self) {
+        #[cfg(feature = "grpc")]
+        if let Some(s) = &self.server {
+            s.transport.close();
+            if let Some(h) = s.handle.lock().await.take() {
+                let _ = h.stop().await;
+            }
+        }
     }
 }
 

@@ -21,12 +21,15 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Features: `file` (default) — the segmented-WAL storage; `testing` — the conformance
-//! suites ([`testing`]) and the deterministic simulator.
+//! Features: `file` (default) — the segmented-WAL storage; `grpc` (default) — peer and
+//! client RPCs over gRPC, the [`Client`] and the `lockstep` command-line tool; `testing` —
+//! the conformance suites ([`testing`]) and the deterministic simulator.
 
 pub mod builder;
 pub mod config;
 pub mod data_dir;
+#[cfg(feature = "grpc")]
+pub mod network;
 
 pub use builder::{BuildError, NodeBuilder, RunningNode};
 pub use config::{Config, ConfigError, StorageKind};
@@ -48,6 +51,12 @@ pub use lockstep_core::{
     MembershipConfig, NodeError, NodeId, RaftConfig, Role, SnapshotMeta, SnapshotStore,
     StateMachineError, StorageError,
 };
+
+/// The gRPC transport, server and the Rust [`grpc::Client`] (feature `grpc`).
+#[cfg(feature = "grpc")]
+pub use lockstep_transport_grpc as grpc;
+#[cfg(feature = "grpc")]
+pub use lockstep_transport_grpc::{Client, ClientConfig};
 
 /// The file storage backend (feature `file`).
 #[cfg(feature = "file")]

@@ -24,6 +24,12 @@
 //!
 //! [snapshot]
 //! every_entries = 10000
+//!
+//! [tls]                       # optional: PEM files; mutual TLS with require_client_cert
+//! cert = "certs/n1.pem"
+//! key = "certs/n1.key"
+//! ca = "certs/ca.pem"
+//! require_client_cert = true
 //! ```
 //!
 //! Every key can be overridden by an environment variable named `LOCKSTEP_` followed by
@@ -160,6 +166,8 @@ pub struct RuntimeSection {
     pub request_timeout_ms: u64,
     /// Requests in flight before new ones are refused.
     pub max_pending_requests: usize,
+    /// Largest command or query in bytes.
+    pub max_command_bytes: usize,
 }
 
 impl Default for RuntimeSection {
@@ -169,6 +177,7 @@ impl Default for RuntimeSection {
             tick_ms: d.tick.as_millis() as u64,
             request_timeout_ms: d.request_timeout.as_millis() as u64,
             max_pending_requests: d.max_pending_requests,
+            max_command_bytes: d.max_command_bytes,
         }
     }
 }
@@ -196,6 +205,22 @@ impl Default for SnapshotSection {
             keep: 2,
         }
     }
+}
+
+/// TLS for peer and client connections (PEM files). With `require_client_cert`, peers and
+/// clients must present a certificate signed by `ca` (mutual TLS).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// This node's certificate chain.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+    /// The CA that signs every node's (and client's) certificate.
+    pub ca: PathBuf,
+    /// Require client certificates (mutual TLS).
+    #[serde(default)]
+    pub require_client_cert: bool,
 }
 
 /// Everything a node needs to start.
@@ -231,6 +256,9 @@ pub struct Config {
     /// Snapshot policy.
     #[serde(default)]
     pub snapshot: SnapshotSection,
+    /// TLS; absent means plain-text connections.
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
 }
 
 /// Peers are a TOML table keyed by node id; TOML keys are strings, so parse them.
@@ -274,6 +302,11 @@ const ENV_KEYS: &[&str] = &[
     "runtime.tick_ms",
     "runtime.request_timeout_ms",
     "runtime.max_pending_requests",
+    "runtime.max_command_bytes",
+    "tls.cert",
+    "tls.key",
+    "tls.ca",
+    "tls.require_client_cert",
     "snapshot.every_entries",
     "snapshot.every_bytes",
     "snapshot.every_seconds",
@@ -281,7 +314,15 @@ const ENV_KEYS: &[&str] = &[
 ];
 
 /// Keys whose environment value is always taken as a plain string.
-const STRING_KEYS: &[&str] = &["cluster_id", "listen", "data_dir", "storage"];
+const STRING_KEYS: &[&str] = &[
+    "cluster_id",
+    "listen",
+    "data_dir",
+    "storage",
+    "tls.cert",
+    "tls.key",
+    "tls.ca",
+];
 
 /// The environment variable that overrides `key`.
 pub fn env_name(key: &str) -> String {
@@ -302,6 +343,7 @@ impl Config {
             raft: RaftSection::default(),
             runtime: RuntimeSection::default(),
             snapshot: SnapshotSection::default(),
+            tls: None,
         }
     }
 
@@ -479,6 +521,7 @@ impl Config {
             tick: Duration::from_millis(self.runtime.tick_ms),
             request_timeout: Duration::from_millis(self.runtime.request_timeout_ms),
             max_pending_requests: self.runtime.max_pending_requests,
+            max_command_bytes: self.runtime.max_command_bytes,
             ..RuntimeConfig::default()
         }
     }
