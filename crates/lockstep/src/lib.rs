@@ -32,7 +32,7 @@ pub mod data_dir;
 pub mod network;
 
 pub use builder::{BuildError, NodeBuilder, RunningNode};
-pub use config::{Config, ConfigError, StorageKind};
+pub use config::{BootstrapConfig, Config, ConfigError, StorageKind};
 
 pub use lockstep_core::handler::{
     BytesSince, DefaultStateMachineHandler, EntriesSince, Never, SnapshotPolicy, SnapshotPolicyExt,
