@@ -30,8 +30,9 @@ fn main() -> Result<()> {
         "test" => test(),
         "sim" => sim(&rest),
         "bench" => bench(&rest),
+        "cluster" => cluster(&rest),
         _ => {
-            eprintln!("usage: cargo xtask <setup|test|sim|bench> [args]\n\n  setup   install missing system packages and tools\n  test    run every check CI runs\n  sim     run the simulator: --seeds N | --seed N | --bug NAME (see crates/core/examples/sim.rs)\n  bench   run the criterion benchmarks");
+            eprintln!("usage: cargo xtask <setup|test|sim|bench|cluster> [args]\n\n  setup    install missing system packages and tools\n  test     run every check CI runs\n  sim      run the simulator: --seeds N | --seed N | --bug NAME (see crates/core/examples/sim.rs)\n  bench    run the criterion benchmarks\n  cluster  start | stop | status a local 3-node cluster of real processes (ports 7001-7003)");
             if cmd == "help" || cmd == "--help" {
                 Ok(())
             } else {
@@ -131,6 +132,8 @@ fn test() -> Result<()> {
 const FEATURE_SETS: &[&[&str]] = &[
     &["--no-default-features"],
     &[],
+    &["--no-default-features", "--features", "file"],
+    &["--no-default-features", "--features", "grpc"],
     &["--no-default-features", "--features", "testing"],
 ];
 
@@ -146,7 +149,96 @@ fn feature_matrix() -> Result<()> {
 
 /// Runs every example binary once, as a smoke test: each must finish and exit 0.
 fn examples() -> Result<()> {
-    run(&cargo(), &["run", "--quiet", "-p", "custom-state-machine"])
+    run(&cargo(), &["run", "--quiet", "-p", "custom-state-machine"])?;
+    run(&cargo(), &["run", "--quiet", "-p", "quickstart"])
+}
+
+/// Where `cargo xtask cluster` keeps configs, data, logs and pid files.
+fn cluster_dir() -> std::path::PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    std::path::Path::new(&target).join("xtask-cluster")
+}
+
+/// `cargo xtask cluster start|stop|status`: a local 3-node cluster of `lockstep node`
+/// processes on 127.0.0.1:7001-7003, data under target/xtask-cluster.
+fn cluster(args: &[String]) -> Result<()> {
+    let dir = cluster_dir();
+    let ports = [7001u16, 7002, 7003];
+    match args.first().map(String::as_str) {
+        Some("start") => {
+            run(
+                &cargo(),
+                &["build", "--quiet", "-p", "lockstep", "--bin", "lockstep"],
+            )?;
+            std::fs::create_dir_all(&dir)?;
+            let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+            let bin = std::path::Path::new(&target).join("debug").join("lockstep");
+            let peers: String = ports
+                .iter()
+                .enumerate()
+                .map(|(i, p)| format!("{} = \"127.0.0.1:{p}\"\n", i + 1))
+                .collect();
+            for (i, port) in ports.iter().enumerate() {
+                let id = i + 1;
+                let config = dir.join(format!("n{id}.toml"));
+                let data = dir.join(format!("data{id}"));
+                std::fs::write(
+                    &config,
+                    format!(
+                        "node_id = {id}\ncluster_id = \"xtask\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n[peers]\n{peers}\n[bootstrap]\nvoters = [1, 2, 3]\n",
+                        data.display()
+                    ),
+                )?;
+                let log = std::fs::File::create(dir.join(format!("n{id}.log")))?;
+                let child = Command::new(&bin)
+                    .args(["node", "--config"])
+                    .arg(&config)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .with_context(|| format!("starting {}", bin.display()))?;
+                std::fs::write(dir.join(format!("n{id}.pid")), child.id().to_string())?;
+                eprintln!(
+                    "node {id}: pid {}, 127.0.0.1:{port}, log {}",
+                    child.id(),
+                    dir.join(format!("n{id}.log")).display()
+                );
+            }
+            eprintln!(
+                "\ntry: {} client --config {} put hello world",
+                bin.display(),
+                dir.join("n1.toml").display()
+            );
+            Ok(())
+        }
+        Some("stop") => {
+            for id in 1..=3 {
+                let pid_file = dir.join(format!("n{id}.pid"));
+                if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+                    let _ = Command::new("kill").arg(pid.trim()).status();
+                    let _ = std::fs::remove_file(&pid_file);
+                    eprintln!("node {id} stopped");
+                }
+            }
+            Ok(())
+        }
+        Some("status") => {
+            let config = dir.join("n1.toml");
+            let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+            let bin = std::path::Path::new(&target).join("debug").join("lockstep");
+            let status = Command::new(bin)
+                .args(["client", "--config"])
+                .arg(&config)
+                .arg("status")
+                .status()?;
+            if !status.success() {
+                bail!("status failed");
+            }
+            Ok(())
+        }
+        _ => bail!("usage: cargo xtask cluster start|stop|status"),
+    }
 }
 
 fn sim(args: &[String]) -> Result<()> {
