@@ -10,11 +10,14 @@ use crate::config::Config;
 /// The gRPC settings a config describes. The message size limit leaves room for the
 /// largest command plus the framing of an AppendEntries message.
 pub fn grpc_config(c: &Config) -> Result<GrpcConfig, BuildError> {
-    let listen = c.listen.parse().map_err(|_| crate::config::ConfigError::Invalid {
-        key: "listen".into(),
-        value: c.listen.clone(),
-        expected: "an IP address and port".into(),
-    })?;
+    let listen = c
+        .listen
+        .parse()
+        .map_err(|_| crate::config::ConfigError::Invalid {
+            key: "listen".into(),
+            value: c.listen.clone(),
+            expected: "an IP address and port".into(),
+        })?;
     let mut g = GrpcConfig::new(c.cluster_id.clone(), c.node_id, listen);
     for (id, addr) in &c.peers {
         if *id != c.node_id {
@@ -29,11 +32,12 @@ pub fn grpc_config(c: &Config) -> Result<GrpcConfig, BuildError> {
             .map_err(|e| BuildError::Transport(format!("loading TLS files: {e}")))?;
         g.tls = Some(tls);
     }
-    g.validate().map_err(|e| crate::config::ConfigError::Invalid {
-        key: e.key.to_string(),
-        value: e.value.clone(),
-        expected: e.expected.clone(),
-    })?;
+    g.validate()
+        .map_err(|e| crate::config::ConfigError::Invalid {
+            key: e.key.to_string(),
+            value: e.value.clone(),
+            expected: e.expected.clone(),
+        })?;
     Ok(g)
 }
 

@@ -19,7 +19,10 @@ fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<_> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
         .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 fn write_configs(dir: &Path, ports: &[u16]) -> Vec<PathBuf> {
@@ -100,7 +103,9 @@ async fn a_sigkilled_leader_loses_no_acknowledged_write_across_three_processes()
     let ports = free_ports(3);
     let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let configs = write_configs(dir.path(), &ports);
-    let logs: Vec<PathBuf> = (1..=3).map(|i| dir.path().join(format!("n{i}.log"))).collect();
+    let logs: Vec<PathBuf> = (1..=3)
+        .map(|i| dir.path().join(format!("n{i}.log")))
+        .collect();
     let mut procs: Vec<Proc> = (0..3).map(|i| Proc::start(&configs[i], &logs[i])).collect();
 
     // Load: 3 clients writing distinct keys until told to stop.
@@ -114,7 +119,9 @@ async fn a_sigkilled_leader_loses_no_acknowledged_write_across_three_processes()
             let mut i = 0u32;
             while !stop.load(Ordering::Acquire) && i < 20_000 {
                 let (k, v) = (format!("w{w}-{i}"), format!("value-{w}-{i}"));
-                c.put(k.clone(), v.clone()).await.unwrap_or_else(|e| panic!("{k}: {e}"));
+                c.put(k.clone(), v.clone())
+                    .await
+                    .unwrap_or_else(|e| panic!("{k}: {e}"));
                 acked.insert(k, v);
                 i += 1;
             }
@@ -129,14 +136,19 @@ async fn a_sigkilled_leader_loses_no_acknowledged_write_across_three_processes()
     procs[leader as usize - 1].kill();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     eprintln!("restarting node {leader}");
-    procs[leader as usize - 1] = Proc::start(&configs[leader as usize - 1], &logs[leader as usize - 1]);
+    procs[leader as usize - 1] =
+        Proc::start(&configs[leader as usize - 1], &logs[leader as usize - 1]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, Ordering::Release);
     let mut acked = BTreeMap::new();
     for w in writers {
         acked.extend(w.await.unwrap());
     }
-    assert!(acked.len() > 100, "only {} writes acknowledged", acked.len());
+    assert!(
+        acked.len() > 100,
+        "only {} writes acknowledged",
+        acked.len()
+    );
     eprintln!("{} writes acknowledged", acked.len());
 
     // Every node, the restarted one included, reaches the leader's commit index and holds
@@ -150,7 +162,12 @@ async fn a_sigkilled_leader_loses_no_acknowledged_write_across_three_processes()
             if s.applied >= commit {
                 break;
             }
-            assert!(Instant::now() < deadline, "node {} stuck at {} < {commit}", i + 1, s.applied);
+            assert!(
+                Instant::now() < deadline,
+                "node {} stuck at {} < {commit}",
+                i + 1,
+                s.applied
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for (k, v) in &acked {

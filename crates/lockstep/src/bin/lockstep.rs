@@ -66,7 +66,10 @@ async fn node(mut args: Vec<String>) -> Result<()> {
     let id = config.node_id;
     let node = NodeBuilder::from_config(config).start().await?;
     let addr = node.local_addr().await;
-    eprintln!("node {id} running on {}", addr.map_or("?".into(), |a| a.to_string()));
+    eprintln!(
+        "node {id} running on {}",
+        addr.map_or("?".into(), |a| a.to_string())
+    );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -84,9 +87,13 @@ async fn client(mut args: Vec<String>) -> Result<()> {
             (c.peers.values().cloned().collect::<Vec<_>>(), c.cluster_id)
         }
         None => {
-            let addrs = flag(&mut args, "--addrs").context("`client` needs --config FILE or --addrs A,B,..")?;
+            let addrs = flag(&mut args, "--addrs")
+                .context("`client` needs --config FILE or --addrs A,B,..")?;
             let cluster = flag(&mut args, "--cluster-id").unwrap_or_else(|| "lockstep".into());
-            (addrs.split(',').map(|s| s.trim().to_string()).collect(), cluster)
+            (
+                addrs.split(',').map(|s| s.trim().to_string()).collect(),
+                cluster,
+            )
         }
     };
     let mut cfg = ClientConfig::new(cluster_id);
@@ -127,7 +134,9 @@ async fn client(mut args: Vec<String>) -> Result<()> {
             println!("leader is now node {to}");
         }
         ["add-learner", id, addr] => {
-            let m = c.add_learner(id.parse().context("node id")?, addr.to_string()).await?;
+            let m = c
+                .add_learner(id.parse().context("node id")?, addr.to_string())
+                .await?;
             println!("{m:#?}");
         }
         ["set-voters", ids] => {
