@@ -351,6 +351,7 @@ struct Server {
 /// A started node. Dereferences to [`Node`] for every operation.
 pub struct RunningNode {
     node: Node,
+    #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
     server: Option<Server>,
 }
 

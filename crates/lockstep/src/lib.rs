@@ -26,10 +26,14 @@
 //! the conformance suites ([`testing`]) and the deterministic simulator.
 
 pub mod builder;
+#[cfg(feature = "grpc")]
+pub mod cli;
 pub mod config;
 pub mod data_dir;
 #[cfg(feature = "grpc")]
 pub mod network;
+#[cfg(all(feature = "testing", feature = "grpc"))]
+pub mod processes;
 
 pub use builder::{BuildError, NodeBuilder, RunningNode};
 pub use config::{BootstrapConfig, Config, ConfigError, StorageKind};

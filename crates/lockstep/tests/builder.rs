@@ -163,6 +163,7 @@ async fn a_data_directory_of_another_cluster_is_refused_with_the_reason() {
     assert!(err.to_string().contains("cluster `facade-test`"), "{err}");
 }
 
+#[cfg(not(feature = "grpc"))]
 #[tokio::test]
 async fn starting_without_a_transport_names_the_missing_piece() {
     let dir = tempfile::tempdir().unwrap();
@@ -172,4 +173,35 @@ async fn starting_without_a_transport_names_the_missing_piece() {
         .err()
         .expect("refused");
     assert!(matches!(err, BuildError::NoTransport), "{err}");
+}
+
+#[cfg(feature = "grpc")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_from_a_config_serves_clients_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Config::new(1);
+    c.cluster_id = "grpc-facade".into();
+    c.listen = "127.0.0.1:0".into();
+    c.data_dir = dir.path().join("n1");
+    c.bootstrap = Some(lockstep::BootstrapConfig { voters: vec![1] });
+    let node = NodeBuilder::from_config(c).start().await.unwrap();
+    let addr = node.local_addr().await.expect("listening");
+    node.wait_for(T, |s| s.is_leader()).await.unwrap();
+    let client = lockstep::Client::connect(
+        vec![addr.to_string()],
+        lockstep::ClientConfig::new("grpc-facade"),
+    )
+    .await
+    .unwrap();
+    client.put("k", "v").await.unwrap();
+    assert_eq!(client.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    let wrong =
+        lockstep::Client::connect(vec![addr.to_string()], lockstep::ClientConfig::new("other"))
+            .await;
+    let refused = match wrong {
+        Err(e) => e.to_string(),
+        Ok(c) => c.get("k").await.unwrap_err().to_string(),
+    };
+    assert!(refused.contains("cluster"), "{refused}");
+    node.shutdown().await.unwrap();
 }
