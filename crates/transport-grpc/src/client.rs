@@ -434,6 +434,7 @@ impl Client {
                             }
                         }
                         cpb::ErrorKind::Invalid
+                        | cpb::ErrorKind::AddressConflict
                         | cpb::ErrorKind::TooLarge
                         | cpb::ErrorKind::Other
                         | cpb::ErrorKind::Unspecified => {
@@ -673,7 +674,13 @@ impl Client {
     }
 
     /// Adds node `id`, reachable at `addr`, as a learner; the leader adds the address to its
-    /// address book. Returns the configuration in force afterwards.
+    /// address book and tells every peer it knows about the new node, so all members accept
+    /// its messages (the new node's own configuration must list the existing members).
+    /// Returns the configuration in force afterwards.
+    ///
+    /// Fails with [`ClientError::Api`] of kind [`cpb::ErrorKind::AddressConflict`] if the node
+    /// already knows `id` under a different address (nothing is changed then); the same id
+    /// and address again is accepted.
     pub async fn add_learner(
         &self,
         id: NodeId,

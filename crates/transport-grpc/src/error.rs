@@ -32,6 +32,30 @@ pub enum GrpcError {
         /// What was wrong.
         detail: String,
     },
+    /// A node id is already in the address book under a different address, and the caller
+    /// asked not to move it (see [`crate::GrpcTransport::add_new_peer`]).
+    #[error("node {id} is already in the address book at {existing:?}, not at {requested:?}")]
+    AddressConflict {
+        /// The node.
+        id: NodeId,
+        /// The address in the book.
+        existing: String,
+        /// The address asked for.
+        requested: String,
+    },
+    /// A peer refused a request of this node or could not be reached in time.
+    #[error("peer {peer} answered {code:?}: {message}")]
+    PeerRequest {
+        /// The peer.
+        peer: NodeId,
+        /// The gRPC status code (`DEADLINE_EXCEEDED` when no answer came in time).
+        code: tonic::Code,
+        /// The status message.
+        message: String,
+    },
+    /// The transport was closed ([`crate::GrpcTransport::close`]).
+    #[error("the transport is closed")]
+    Closed,
     /// The transport was created outside a tokio runtime.
     #[error("the gRPC transport must be created inside a tokio runtime: {0}")]
     NoRuntime(String),

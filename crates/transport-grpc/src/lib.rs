@@ -56,6 +56,21 @@
 //! # }
 //! ```
 //!
+//! ## Adding a node to a running cluster
+//!
+//! Start the new node without a bootstrap configuration, with the existing members in
+//! [`GrpcConfig::peers`], then call [`Client::add_learner`] with its id and address. The
+//! node that handles the request (the leader) adds the address to its address book and
+//! tells every peer in its book about the new node with the peer RPC `RegisterPeer`
+//! ([`GrpcTransport::announce_peer`]), so every member accepts the new node's messages and
+//! can reach it once [`Client::set_voters`] promotes it or another node leads. A node that
+//! learned an address this way passes it on with the next `AddLearner` it handles, since it
+//! announces to its whole address book.
+//!
+//! An id already in the address book under a different address is refused by
+//! `AddLearner` (`ERROR_KIND_ADDRESS_CONFLICT`); only `RegisterPeer` from a known member of
+//! the same cluster moves an id to a new address.
+//!
 //! ## What the server refuses
 //!
 //! Every peer message carries the cluster id, the sender and receiver ids and the protocol
@@ -104,7 +119,7 @@ pub use client::{CasOutcome, Client, ClientConfig, ClientError, ClientTls, Remot
 pub use config::{ConfigError, GrpcConfig, TlsConfig};
 pub use error::GrpcError;
 pub use server::{GrpcServer, ServerHandle};
-pub use transport::GrpcTransport;
+pub use transport::{GrpcTransport, PeerUpdate};
 
 /// Version of the peer protocol and the client API; a request with another version is
 /// refused.

@@ -29,12 +29,16 @@ use crate::proto::client::client_api_server::{ClientApi, ClientApiServer};
 use crate::proto::peer as pb;
 use crate::proto::peer::peer_server::{Peer, PeerServer};
 use crate::transport::GrpcTransport;
+use crate::transport::PeerUpdate;
 use crate::PROTOCOL_VERSION;
 
 /// How long [`ServerHandle::stop`] waits for open calls to finish before cutting them.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Interval of HTTP/2 keep-alive pings sent by the server.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long an `AddLearner` answer waits for the announcement of the new node to the peers
+/// (it goes on in the background afterwards).
+const ANNOUNCE_WAIT: Duration = Duration::from_secs(1);
 
 /// Serves a node's peer protocol and client API.
 #[derive(Debug)]
@@ -315,6 +319,47 @@ impl PeerService {
         Ok(received)
     }
 
+    /// `RegisterPeer`: a known member tells this node where node `id` listens. A known
+    /// member may move an id to another address (this is the only way to do so).
+    fn register_inner(
+        &self,
+        req: pb::RegisterPeerRequest,
+    ) -> Result<pb::RegisterPeerResponse, Status> {
+        let h = header_from_proto(req.header)?;
+        self.shared.check_peer(&h)?;
+        if req.id == 0 {
+            return Err(Status::invalid_argument(
+                "malformed request: invalid `id`: node id 0 is reserved",
+            ));
+        }
+        if let Err(detail) = endpoint_uri(&req.addr, self.shared.tls) {
+            return Err(Status::invalid_argument(format!(
+                "malformed request: invalid `addr` {:?}: expected {detail}",
+                req.addr
+            )));
+        }
+        let update = self
+            .shared
+            .transport
+            .register_peer(req.id, req.addr.clone())
+            .map_err(|e| Status::invalid_argument(format!("malformed request: {e}")))?;
+        tracing::info!(
+            node = self.shared.node_id,
+            from = h.from,
+            peer = req.id,
+            addr = %req.addr,
+            ?update,
+            "peer registered by a member"
+        );
+        Ok(pb::RegisterPeerResponse {
+            changed: update.changed(),
+            previous_addr: match update {
+                PeerUpdate::Moved { previous } => previous,
+                PeerUpdate::Added | PeerUpdate::Unchanged => String::new(),
+            },
+        })
+    }
+
     async fn snapshot_inner(
         &self,
         mut stream: Streaming<pb::SnapshotChunk>,
@@ -417,6 +462,16 @@ impl Peer for PeerService {
             Err(st) => Err(refused(self.shared.node_id, "snapshot", st)),
         }
     }
+
+    async fn register_peer(
+        &self,
+        request: Request<pb::RegisterPeerRequest>,
+    ) -> Result<Response<pb::RegisterPeerResponse>, Status> {
+        match self.register_inner(request.into_inner()) {
+            Ok(r) => Ok(Response::new(r)),
+            Err(st) => Err(refused(self.shared.node_id, "registration", st)),
+        }
+    }
 }
 
 struct ClientService {
@@ -425,6 +480,18 @@ struct ClientService {
 }
 
 impl ClientService {
+    fn address_conflict(&self, e: GrpcError) -> cpb::ApiError {
+        let leader = self.node.status().leader;
+        cpb::ApiError {
+            kind: cpb::ErrorKind::AddressConflict as i32,
+            message: format!(
+                "{e}; the address book was not changed (an address moves only through a member's RegisterPeer)"
+            ),
+            leader_id: leader.unwrap_or(0),
+            leader_addr: self.shared.addr_of(leader),
+        }
+    }
+
     fn api_error(&self, e: NodeError) -> cpb::ApiError {
         use cpb::ErrorKind as K;
         let kind = match &e {
@@ -540,13 +607,32 @@ impl ClientApi for ClientService {
                         l.addr
                     )));
                 }
-                if l.id != self.shared.node_id {
-                    self.shared
-                        .transport
-                        .add_peer(l.id, l.addr.clone())
-                        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                if l.id == self.shared.node_id {
+                    self.node.add_learner(l.id).await
+                } else {
+                    match self.shared.transport.add_new_peer(l.id, l.addr.clone()) {
+                        Ok(_) => {}
+                        Err(e @ GrpcError::AddressConflict { .. }) => {
+                            return Ok(Response::new(cpb::ChangeMembershipResponse {
+                                outcome: Some(Outcome::Error(self.address_conflict(e))),
+                            }));
+                        }
+                        Err(e) => return Err(Status::invalid_argument(e.to_string())),
+                    }
+                    // Tell every peer about the new node while the change is replicated, so
+                    // that all members accept its messages once it votes or another node
+                    // leads. A retried request announces again.
+                    let transport = self.shared.transport.clone();
+                    let (id, addr) = (l.id, l.addr);
+                    let mut announce =
+                        tokio::spawn(async move { transport.announce_peer(id, &addr).await });
+                    let r = self.node.add_learner(id).await;
+                    if r.is_ok() {
+                        // Usually done by now; otherwise it goes on in the background.
+                        let _ = tokio::time::timeout(ANNOUNCE_WAIT, &mut announce).await;
+                    }
+                    r
                 }
-                self.node.add_learner(l.id).await
             }
             Some(Change::RemoveLearner(l)) => {
                 self.node

@@ -6,6 +6,10 @@
 //! blocks, and drops the message when the queue is full (Raft retransmits). Snapshots go
 //! through `InstallSnapshot` on a separate connection, so a large snapshot never delays
 //! heartbeats.
+//!
+//! The address book is spread with `RegisterPeer` ([`GrpcTransport::announce_peer`]): a
+//! node that learns a new member's address from a client tells every peer it knows, each
+//! on a small control connection of its own.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,7 +42,35 @@ struct Peer {
     task: JoinHandle<()>,
     /// The connection snapshots go through, separate from the message stream's.
     snapshots: Option<Channel>,
+    /// The connection of unary control calls (`RegisterPeer`), created on first use.
+    control: Option<Channel>,
 }
+
+/// What adding an address did to the address book.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerUpdate {
+    /// The id was already there at this address (or is this node itself).
+    Unchanged,
+    /// The id was new.
+    Added,
+    /// The id was there at another address and was moved.
+    Moved {
+        /// The address it had before.
+        previous: String,
+    },
+}
+
+impl PeerUpdate {
+    /// True if the address book changed.
+    pub fn changed(&self) -> bool {
+        !matches!(self, PeerUpdate::Unchanged)
+    }
+}
+
+/// Attempts per peer of one `RegisterPeer` announcement.
+const ANNOUNCE_ATTEMPTS: u32 = 4;
+/// Longest pause between two attempts of an announcement.
+const ANNOUNCE_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 struct Inner {
     cfg: GrpcConfig,
@@ -153,7 +185,36 @@ impl GrpcTransport {
     /// its connection task. Messages from `id` are accepted from now on. Adding this node
     /// itself is a no-op.
     pub fn add_peer(&self, id: NodeId, addr: impl Into<String>) -> Result<(), GrpcError> {
-        let addr = addr.into();
+        self.update_peer(id, addr.into(), true).map(|_| ())
+    }
+
+    /// As [`GrpcTransport::add_peer`], but never moves a known id: fails with
+    /// [`GrpcError::AddressConflict`] if `id` is in the address book at another address.
+    /// The same id at the same address is fine ([`PeerUpdate::Unchanged`]).
+    pub fn add_new_peer(
+        &self,
+        id: NodeId,
+        addr: impl Into<String>,
+    ) -> Result<PeerUpdate, GrpcError> {
+        self.update_peer(id, addr.into(), false)
+    }
+
+    /// As [`GrpcTransport::add_peer`], and says what changed: used for a registration from a
+    /// known member, which may move an id to a new address.
+    pub fn register_peer(
+        &self,
+        id: NodeId,
+        addr: impl Into<String>,
+    ) -> Result<PeerUpdate, GrpcError> {
+        self.update_peer(id, addr.into(), true)
+    }
+
+    fn update_peer(
+        &self,
+        id: NodeId,
+        addr: String,
+        allow_move: bool,
+    ) -> Result<PeerUpdate, GrpcError> {
         if id == 0 {
             return Err(GrpcError::InvalidAddress {
                 id,
@@ -162,13 +223,24 @@ impl GrpcTransport {
             });
         }
         if id == self.node_id() {
-            return Ok(());
+            return Ok(PeerUpdate::Unchanged);
         }
         let endpoint = self.endpoint(id, &addr)?;
         let mut peers = self.peers_lock();
-        if peers.get(&id).is_some_and(|p| p.addr == addr) {
-            return Ok(());
-        }
+        let update = match peers.get(&id) {
+            None => PeerUpdate::Added,
+            Some(p) if p.addr == addr => return Ok(PeerUpdate::Unchanged),
+            Some(p) if !allow_move => {
+                return Err(GrpcError::AddressConflict {
+                    id,
+                    existing: p.addr.clone(),
+                    requested: addr,
+                })
+            }
+            Some(p) => PeerUpdate::Moved {
+                previous: p.addr.clone(),
+            },
+        };
         let (queue, rx) = mpsc::channel(self.inner.cfg.peer_queue_len);
         let link = Link {
             from: self.node_id(),
@@ -181,7 +253,12 @@ impl GrpcTransport {
             dropped: self.inner.dropped.clone(),
         };
         let task = self.inner.runtime.spawn(link.run(rx));
-        tracing::info!(node = self.node_id(), peer = id, %addr, "peer added");
+        match &update {
+            PeerUpdate::Moved { previous } => {
+                tracing::info!(node = self.node_id(), peer = id, %addr, %previous, "peer moved")
+            }
+            _ => tracing::info!(node = self.node_id(), peer = id, %addr, "peer added"),
+        }
         if let Some(old) = peers.insert(
             id,
             Peer {
@@ -190,11 +267,87 @@ impl GrpcTransport {
                 queue,
                 task,
                 snapshots: None,
+                control: None,
             },
         ) {
             old.task.abort();
         }
-        Ok(())
+        Ok(update)
+    }
+
+    /// Tells every peer in the address book except `id` itself that node `id` listens at
+    /// `addr` (the `RegisterPeer` call), all at once; each peer is tried up to 4 times with a
+    /// short backoff while it is unreachable or times out, and not again once it refused the
+    /// registration (wrong cluster, unknown sender, ...). Returns each peer's outcome:
+    /// whether its address book changed, or why it failed. Peers are not told again later:
+    /// a peer that was down stays unaware until the next announcement.
+    pub async fn announce_peer(
+        &self,
+        id: NodeId,
+        addr: &str,
+    ) -> BTreeMap<NodeId, Result<bool, GrpcError>> {
+        let mut out = BTreeMap::new();
+        if self.inner.closed.load(Ordering::Acquire) {
+            return out;
+        }
+        let targets: Vec<(NodeId, Channel)> = {
+            let mut peers = self.peers_lock();
+            peers
+                .iter_mut()
+                .filter(|(to, _)| **to != id)
+                .map(|(to, p)| {
+                    let ch = p
+                        .control
+                        .get_or_insert_with(|| p.endpoint.connect_lazy())
+                        .clone();
+                    (*to, ch)
+                })
+                .collect()
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for (to, channel) in targets {
+            let call = Registration {
+                from: self.node_id(),
+                to,
+                cluster_id: self.inner.cfg.cluster_id.clone(),
+                id,
+                addr: addr.to_string(),
+                timeout: self.inner.cfg.request_timeout,
+                backoff_min: self.inner.cfg.reconnect_backoff_min,
+                max_message_bytes: self.inner.cfg.max_message_bytes,
+            };
+            tasks.spawn_on(
+                async move { (to, call.run(channel).await) },
+                &self.inner.runtime,
+            );
+        }
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((to, r)) => {
+                    match &r {
+                        Ok(changed) => tracing::info!(
+                            node = self.node_id(),
+                            peer = to,
+                            registered = id,
+                            changed,
+                            "peer told about a node"
+                        ),
+                        Err(e) => tracing::warn!(
+                            node = self.node_id(),
+                            peer = to,
+                            registered = id,
+                            error = %e,
+                            "could not tell a peer about a node"
+                        ),
+                    }
+                    out.insert(to, r);
+                }
+                Err(e) => {
+                    tracing::warn!(node = self.node_id(), registered = id, error = %e, "an announcement task failed")
+                }
+            }
+        }
+        out
     }
 
     /// Removes `id` from the address book and stops its connection task; messages from it
@@ -403,6 +556,67 @@ impl Transport for GrpcTransport {
                 to,
                 format!("snapshot refused: {:?}: {}", st.code(), st.message()),
             )),
+        }
+    }
+}
+
+/// One `RegisterPeer` call to one peer, with its retries.
+struct Registration {
+    from: NodeId,
+    to: NodeId,
+    cluster_id: String,
+    id: NodeId,
+    addr: String,
+    timeout: Duration,
+    backoff_min: Duration,
+    max_message_bytes: usize,
+}
+
+impl Registration {
+    /// Whether a failure with `code` may go away by itself (the peer is starting, busy,
+    /// unreachable for a moment); a refusal does not.
+    fn transient(code: tonic::Code) -> bool {
+        !matches!(
+            code,
+            tonic::Code::InvalidArgument
+                | tonic::Code::FailedPrecondition
+                | tonic::Code::PermissionDenied
+                | tonic::Code::Unimplemented
+                | tonic::Code::Unauthenticated
+        )
+    }
+
+    async fn run(self, channel: Channel) -> Result<bool, GrpcError> {
+        let mut client = PeerClient::new(channel)
+            .max_encoding_message_size(self.max_message_bytes)
+            .max_decoding_message_size(self.max_message_bytes);
+        let mut backoff = self.backoff_min;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut req = tonic::Request::new(pb::RegisterPeerRequest {
+                header: Some(header(&self.cluster_id, self.from, self.to)),
+                id: self.id,
+                addr: self.addr.clone(),
+            });
+            req.set_timeout(self.timeout);
+            let st = match tokio::time::timeout(self.timeout, client.register_peer(req)).await {
+                Ok(Ok(resp)) => return Ok(resp.into_inner().changed),
+                Ok(Err(st)) => st,
+                Err(_) => {
+                    tonic::Status::deadline_exceeded(format!("no answer within {:?}", self.timeout))
+                }
+            };
+            if attempt >= ANNOUNCE_ATTEMPTS || !Self::transient(st.code()) {
+                return Err(GrpcError::PeerRequest {
+                    peer: self.to,
+                    code: st.code(),
+                    message: st.message().to_string(),
+                });
+            }
+            tracing::debug!(node = self.from, peer = self.to, attempt, code = ?st.code(), message = st.message(), "RegisterPeer failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(ANNOUNCE_BACKOFF_MAX);
         }
     }
 }
