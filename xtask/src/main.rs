@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 
 /// Debian packages the workspace needs to build and test.
 /// (The core and the simulator need none; storage backends add theirs here.)
-const APT_PACKAGES: &[&str] = &[];
+const APT_PACKAGES: &[&str] = &["libclang-dev"];
 
 /// Seeds of 1,000 client operations each that `cargo xtask test` simulates.
 const TEST_SEEDS: u64 = 1000;
@@ -151,28 +151,72 @@ fn feature_matrix() -> Result<()> {
 fn examples() -> Result<()> {
     run(&cargo(), &["run", "--quiet", "-p", "custom-state-machine"])?;
     run(&cargo(), &["run", "--quiet", "-p", "quickstart"])
+    // The sled-cluster and rocksdb-cluster examples run as 3-process smoke tests under
+    // nextest (their tests/smoke.rs).
 }
 
-/// Where `cargo xtask cluster` keeps configs, data, logs and pid files.
-fn cluster_dir() -> std::path::PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    std::path::Path::new(&target).join("xtask-cluster")
+/// A backend of `cargo xtask cluster`: its package and binary, first port and storage name.
+struct Backend {
+    name: &'static str,
+    package: &'static str,
+    bin: &'static str,
+    first_port: u16,
 }
 
-/// `cargo xtask cluster start|stop|status`: a local 3-node cluster of `lockstep node`
-/// processes on 127.0.0.1:7001-7003, data under target/xtask-cluster.
+const BACKENDS: &[Backend] = &[
+    Backend {
+        name: "file",
+        package: "lockstep",
+        bin: "lockstep",
+        first_port: 7001,
+    },
+    Backend {
+        name: "sled",
+        package: "sled-cluster",
+        bin: "sled-cluster",
+        first_port: 7101,
+    },
+    Backend {
+        name: "rocksdb",
+        package: "rocksdb-cluster",
+        bin: "rocksdb-cluster",
+        first_port: 7201,
+    },
+];
+
+fn target_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()))
+}
+
+/// `cargo xtask cluster start|stop|status [--backend file|sled|rocksdb]`: a local 3-node
+/// cluster of node processes on 127.0.0.1, data under target/xtask-cluster-BACKEND.
 fn cluster(args: &[String]) -> Result<()> {
-    let dir = cluster_dir();
-    let ports = [7001u16, 7002, 7003];
+    let name = args
+        .iter()
+        .position(|a| a == "--backend")
+        .and_then(|i| args.get(i + 1))
+        .map_or("file", String::as_str);
+    let backend = BACKENDS
+        .iter()
+        .find(|b| b.name == name)
+        .with_context(|| format!("unknown backend {name:?}: file, sled or rocksdb"))?;
+    let dir = target_dir().join(format!("xtask-cluster-{}", backend.name));
+    let bin = target_dir().join("debug").join(backend.bin);
+    let ports: Vec<u16> = (0..3).map(|i| backend.first_port + i).collect();
     match args.first().map(String::as_str) {
         Some("start") => {
             run(
                 &cargo(),
-                &["build", "--quiet", "-p", "lockstep", "--bin", "lockstep"],
+                &[
+                    "build",
+                    "--quiet",
+                    "-p",
+                    backend.package,
+                    "--bin",
+                    backend.bin,
+                ],
             )?;
             std::fs::create_dir_all(&dir)?;
-            let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-            let bin = std::path::Path::new(&target).join("debug").join("lockstep");
             let peers: String = ports
                 .iter()
                 .enumerate()
@@ -185,11 +229,14 @@ fn cluster(args: &[String]) -> Result<()> {
                 std::fs::write(
                     &config,
                     format!(
-                        "node_id = {id}\ncluster_id = \"xtask\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n[peers]\n{peers}\n[bootstrap]\nvoters = [1, 2, 3]\n",
-                        data.display()
+                        "node_id = {id}\ncluster_id = \"xtask-{}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nstorage = \"{}\"\n[peers]\n{peers}\n[bootstrap]\nvoters = [1, 2, 3]\n",
+                        backend.name,
+                        data.display(),
+                        backend.name
                     ),
                 )?;
-                let log = std::fs::File::create(dir.join(format!("n{id}.log")))?;
+                let log_path = dir.join(format!("n{id}.log"));
+                let log = std::fs::File::create(&log_path)?;
                 let child = Command::new(&bin)
                     .args(["node", "--config"])
                     .arg(&config)
@@ -202,7 +249,7 @@ fn cluster(args: &[String]) -> Result<()> {
                 eprintln!(
                     "node {id}: pid {}, 127.0.0.1:{port}, log {}",
                     child.id(),
-                    dir.join(format!("n{id}.log")).display()
+                    log_path.display()
                 );
             }
             eprintln!(
@@ -224,12 +271,9 @@ fn cluster(args: &[String]) -> Result<()> {
             Ok(())
         }
         Some("status") => {
-            let config = dir.join("n1.toml");
-            let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-            let bin = std::path::Path::new(&target).join("debug").join("lockstep");
-            let status = Command::new(bin)
+            let status = Command::new(&bin)
                 .args(["client", "--config"])
-                .arg(&config)
+                .arg(dir.join("n1.toml"))
                 .arg("status")
                 .status()?;
             if !status.success() {
@@ -237,7 +281,7 @@ fn cluster(args: &[String]) -> Result<()> {
             }
             Ok(())
         }
-        _ => bail!("usage: cargo xtask cluster start|stop|status"),
+        _ => bail!("usage: cargo xtask cluster start|stop|status [--backend file|sled|rocksdb]"),
     }
 }
 

@@ -164,6 +164,8 @@ impl NodeBuilder {
                 Arc::new(MemSnapshotStore::new()),
             )),
             StorageKind::File => open_file(c),
+            StorageKind::Sled => open_sled(c),
+            StorageKind::Rocksdb => open_rocksdb(c),
         }
     }
 
@@ -197,10 +199,10 @@ impl NodeBuilder {
         let handler = match self.handler.take() {
             Some(h) => h,
             None => {
-                let machine = self
-                    .machine
-                    .take()
-                    .unwrap_or_else(|| Arc::new(KvStateMachine::new()));
+                let machine = match self.machine.take() {
+                    Some(m) => m,
+                    None => default_machine(&self.config)?,
+                };
                 Arc::new(
                     DefaultStateMachineHandler::new(machine, snapshots, policy)
                         .keep_snapshots(self.config.snapshot.keep),
@@ -265,6 +267,60 @@ fn open_file(c: &Config) -> Result<NodeStorage, BuildError> {
     let snaps = lockstep_storage_file::FileSnapshotStore::open(c.data_dir.join("snapshots"))
         .map_err(err)?;
     Ok((Box::new(log), Arc::new(snaps)))
+}
+
+fn storage_err(c: &Config, e: impl std::fmt::Display) -> BuildError {
+    BuildError::Storage {
+        backend: c.storage.name(),
+        dir: c.data_dir.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// The state machine when none is given: the durable KV of the sled and RocksDB backends
+/// (under `data_dir/sm`), else the in-memory [`KvStateMachine`].
+fn default_machine(c: &Config) -> Result<Arc<dyn StateMachine>, BuildError> {
+    match c.storage {
+        #[cfg(feature = "sled")]
+        StorageKind::Sled => Ok(Arc::new(
+            lockstep_storage_sled::SledKvStateMachine::open(c.data_dir.join("sm"))
+                .map_err(|e| storage_err(c, e))?,
+        )),
+        #[cfg(feature = "rocksdb")]
+        StorageKind::Rocksdb => Ok(Arc::new(
+            lockstep_storage_rocksdb::RocksKvStateMachine::open(c.data_dir.join("sm"))
+                .map_err(|e| storage_err(c, e))?,
+        )),
+        _ => Ok(Arc::new(KvStateMachine::new())),
+    }
+}
+
+#[cfg(feature = "sled")]
+fn open_sled(c: &Config) -> Result<NodeStorage, BuildError> {
+    let log = lockstep_storage_sled::SledLogStore::open(c.data_dir.join("log"))
+        .map_err(|e| storage_err(c, e))?;
+    let snaps = lockstep_storage_file::FileSnapshotStore::open(c.data_dir.join("snapshots"))
+        .map_err(|e| storage_err(c, e))?;
+    Ok((Box::new(log), Arc::new(snaps)))
+}
+
+#[cfg(not(feature = "sled"))]
+fn open_sled(_: &Config) -> Result<NodeStorage, BuildError> {
+    Err(BuildError::BackendNotCompiled("sled"))
+}
+
+#[cfg(feature = "rocksdb")]
+fn open_rocksdb(c: &Config) -> Result<NodeStorage, BuildError> {
+    let log = lockstep_storage_rocksdb::RocksLogStore::open(c.data_dir.join("log"))
+        .map_err(|e| storage_err(c, e))?;
+    let snaps = lockstep_storage_file::FileSnapshotStore::open(c.data_dir.join("snapshots"))
+        .map_err(|e| storage_err(c, e))?;
+    Ok((Box::new(log), Arc::new(snaps)))
+}
+
+#[cfg(not(feature = "rocksdb"))]
+fn open_rocksdb(_: &Config) -> Result<NodeStorage, BuildError> {
+    Err(BuildError::BackendNotCompiled("rocksdb"))
 }
 
 #[cfg(not(feature = "file"))]

@@ -6,7 +6,7 @@
 //! cluster_id = "demo"
 //! listen = "127.0.0.1:7001"
 //! data_dir = "data/n1"
-//! storage = "file"            # file | memory
+//! storage = "file"            # file | memory | sled | rocksdb
 //!
 //! [peers]                     # every voter and learner this node talks to, itself included
 //! 1 = "127.0.0.1:7001"
@@ -98,6 +98,12 @@ pub enum StorageKind {
     File,
     /// In memory: **not durable**, for tests and demos.
     Memory,
+    /// Log and the default KV state machine in sled databases under `data_dir`, snapshots as
+    /// files (feature `sled`).
+    Sled,
+    /// Log and the default KV state machine in RocksDB databases under `data_dir`,
+    /// snapshots as files (feature `rocksdb`).
+    Rocksdb,
 }
 
 impl StorageKind {
@@ -106,6 +112,8 @@ impl StorageKind {
         match self {
             StorageKind::File => "file",
             StorageKind::Memory => "memory",
+            StorageKind::Sled => "sled",
+            StorageKind::Rocksdb => "rocksdb",
         }
     }
 }
@@ -442,11 +450,14 @@ impl Config {
                 ));
             }
         }
-        if self.storage == StorageKind::File && self.data_dir.as_os_str().is_empty() {
+        if self.storage != StorageKind::Memory && self.data_dir.as_os_str().is_empty() {
             return Err(invalid(
                 "data_dir",
                 "\"\"",
-                "a directory for the node's data (storage = \"file\")",
+                format!(
+                    "a directory for the node's data (storage = \"{}\")",
+                    self.storage.name()
+                ),
             ));
         }
         if let Some(b) = &self.bootstrap {

@@ -1,0 +1,13 @@
+//! The node and client binary of the RocksDB cluster example: `node --config FILE` runs one
+//! node, `client --config FILE COMMAND` talks to the cluster (see README.md).
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match lockstep::cli::main().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
