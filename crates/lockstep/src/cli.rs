@@ -58,6 +58,18 @@ fn flag(args: &mut Vec<String>, name: &str) -> Option<String> {
     (i < args.len()).then(|| args.remove(i))
 }
 
+/// Runs [`main`] and turns its outcome into the process exit code, printing any error:
+/// the whole body of a node binary's `main`.
+pub async fn run() -> std::process::ExitCode {
+    match main().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the command line given in the process arguments; logs go to stderr.
 pub async fn main() -> Result<()> {
     let _ = tracing_subscriber::fmt()

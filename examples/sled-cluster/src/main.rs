@@ -3,11 +3,5 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match lockstep::cli::main().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    lockstep::cli::run().await
 }
