@@ -30,10 +30,22 @@ pub(crate) fn open_db(dir: &Path) -> Result<sled::Db> {
             })
         }
     }
-    sled::Config::new()
-        .path(dir)
-        .open()
-        .map_err(|e| SledStoreError::sled(format!("open of {}", dir.display()), e))
+    // sled releases its file lock only when its background flusher lets go of the last
+    // handle, shortly after the previous `Db` was dropped: wait a bounded time for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => {
+                return r.map_err(|e| SledStoreError::sled(format!("open of {}", dir.display()), e))
+            }
+        }
+    }
 }
 
 /// Renders a key for error messages: UTF-8 text if printable, else hex.

@@ -25,7 +25,7 @@ fn sled_log_an_undecodable_record_is_corrupt_naming_tree_and_key() {
     write_log(dir.path(), 3000);
     let garbage = &b"\xffnot an entry"[..];
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_raw(dir.path());
         let log = db.open_tree(LOG_TREE).unwrap();
         log.insert(1500u64.to_be_bytes(), garbage).unwrap();
         db.flush().unwrap();
@@ -66,7 +66,7 @@ fn sled_log_a_purge_interrupted_after_recording_its_point_leaves_unreadable_left
     write_log(dir.path(), 100);
     // What a crash between recording the purge point and removing the entries leaves.
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_raw(dir.path());
         let meta = db.open_tree(LOG_META_TREE).unwrap();
         let mut v = Vec::new();
         v.extend_from_slice(&1u64.to_le_bytes());
@@ -131,7 +131,7 @@ fn sled_log_a_directory_of_another_backend_is_refused() {
 fn sled_log_another_format_marker_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_raw(dir.path());
         db.open_tree(LOG_META_TREE)
             .unwrap()
             .insert("format", "lockstep-sled-log/99")
@@ -148,14 +148,14 @@ fn sled_log_another_format_marker_is_refused() {
 fn sled_log_and_kv_machine_share_one_database() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_raw(dir.path());
         let mut log = SledLogStore::with_db(db.clone(), dir.path()).unwrap();
         let kv = SledKvStateMachine::with_db(db, dir.path()).unwrap();
         log.append(&entries(1, 10)).unwrap();
         log.sync().unwrap();
         assert_eq!(kv.get(b"anything").unwrap(), None);
     }
-    let db = sled::open(dir.path()).unwrap();
+    let db = open_raw(dir.path());
     let mut log = SledLogStore::with_db(db.clone(), dir.path()).unwrap();
     assert_eq!(log.load().unwrap().entries, entries(1, 10));
     assert_eq!(
@@ -193,4 +193,20 @@ fn sled_log_entries_large_enough_for_sled_blob_files_are_synced_and_recovered() 
     }
     let mut s = SledLogStore::open(dir.path()).unwrap();
     assert_eq!(s.load().unwrap().entries, big);
+}
+
+/// Opens the database directly, waiting for the lock a just-dropped store's background
+/// flusher may still hold.
+fn open_raw(path: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert!(e.to_string().contains("could not acquire lock"), "{e}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
