@@ -1,8 +1,12 @@
 //! Shared code for lockstep's benchmarks.
 //!
+//! [`cluster`] is the cluster benchmark (`cargo xtask bench`; see docs/performance.md).
+//!
 //! [`MemCluster`] drives N protocol instances in one thread with no I/O at all: messages are
 //! delivered from a queue, storage writes are durable at once, entries are "applied" by
 //! acknowledging them. It measures the cost of the protocol itself.
+
+pub mod cluster;
 
 use std::collections::VecDeque;
 

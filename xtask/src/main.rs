@@ -5,7 +5,9 @@
 //!   feature matrix, the examples as smoke tests, the simulator over many seeds (release
 //!   build) and the checks that it catches broken protocol variants.
 //! - `sim [ARGS]`: runs the deterministic simulator (release); `--seed N` replays one seed.
-//! - `bench [ARGS]`: runs the criterion benchmarks.
+//! - `bench [--quick] [ARGS]`: builds and runs the cluster benchmark (release); ARGS go to
+//!   `cluster-bench` (see docs/performance.md). `bench criterion [ARGS]` runs the criterion
+//!   micro-benchmarks instead.
 
 use std::process::Command;
 use std::time::Instant;
@@ -14,7 +16,8 @@ use anyhow::{bail, Context, Result};
 
 /// Debian packages the workspace needs to build and test.
 /// (The core and the simulator need none; storage backends add theirs here.)
-const APT_PACKAGES: &[&str] = &["libclang-dev"];
+/// libclang-dev: RocksDB's bindings; fonts-dejavu-core: the labels of the benchmark charts.
+const APT_PACKAGES: &[&str] = &["libclang-dev", "fonts-dejavu-core"];
 
 /// Seeds of 1,000 client operations each that `cargo xtask test` simulates.
 const TEST_SEEDS: u64 = 1000;
@@ -32,7 +35,7 @@ fn main() -> Result<()> {
         "bench" => bench(&rest),
         "cluster" => cluster(&rest),
         _ => {
-            eprintln!("usage: cargo xtask <setup|test|sim|bench|cluster> [args]\n\n  setup    install missing system packages and tools\n  test     run every check CI runs\n  sim      run the simulator: --seeds N | --seed N | --bug NAME (see crates/core/examples/sim.rs)\n  bench    run the criterion benchmarks\n  cluster  start | stop | status a local 3-node cluster of real processes (ports 7001-7003)");
+            eprintln!("usage: cargo xtask <setup|test|sim|bench|cluster> [args]\n\n  setup    install missing system packages and tools\n  test     run every check CI runs\n  sim      run the simulator: --seeds N | --seed N | --bug NAME (see crates/core/examples/sim.rs)\n  bench    run the cluster benchmark: [--quick] [cluster-bench args] | criterion [args]\n  cluster  start | stop | status a local 3-node cluster of real processes (ports 7001-7003)");
             if cmd == "help" || cmd == "--help" {
                 Ok(())
             } else {
@@ -120,6 +123,7 @@ fn test() -> Result<()> {
     let seeds = TEST_SEEDS.to_string();
     sim(&["--seeds".into(), seeds])?;
     run(&cargo, &["build", "--benches", "-p", "lockstep-benches"])?;
+    bench(&["--quick".into()])?;
     eprintln!(
         "\nall checks passed in {:.0} s",
         start.elapsed().as_secs_f64()
@@ -303,10 +307,27 @@ fn sim(args: &[String]) -> Result<()> {
 }
 
 fn bench(args: &[String]) -> Result<()> {
-    let mut a = vec!["bench", "-p", "lockstep-benches"];
-    if !args.is_empty() {
-        a.push("--");
-        a.extend(args.iter().map(String::as_str));
+    if args.first().map(String::as_str) == Some("criterion") {
+        let mut a = vec!["bench", "-p", "lockstep-benches"];
+        if args.len() > 1 {
+            a.push("--");
+            a.extend(args[1..].iter().map(String::as_str));
+        }
+        return run(&cargo(), &a);
     }
-    run(&cargo(), &a)
+    run(
+        &cargo(),
+        &[
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "lockstep-benches",
+            "--bin",
+            "cluster-bench",
+        ],
+    )?;
+    let bin = target_dir().join("release").join("cluster-bench");
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(&bin.to_string_lossy(), &a)
 }

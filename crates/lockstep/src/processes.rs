@@ -35,7 +35,25 @@ impl ProcessCluster {
         storage: &str,
         extra: &str,
     ) -> std::io::Result<Self> {
-        let dir = tempfile::tempdir()?;
+        let mut c = Self::prepare(bin, n, storage, extra, &std::env::temp_dir())?;
+        for id in 1..=n as NodeId {
+            c.launch(id)?;
+        }
+        Ok(c)
+    }
+
+    /// As [`ProcessCluster::start`], under a fresh temporary directory in `base`, but starts
+    /// no node: start them with [`ProcessCluster::launch`], or run one in this process from
+    /// its [`ProcessCluster::config_path`].
+    pub fn prepare(
+        bin: impl Into<PathBuf>,
+        n: usize,
+        storage: &str,
+        extra: &str,
+        base: &Path,
+    ) -> std::io::Result<Self> {
+        std::fs::create_dir_all(base)?;
+        let dir = tempfile::tempdir_in(base)?;
         let ports = free_ports(n)?;
         let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let cluster_id = "process-cluster".to_string();
@@ -54,20 +72,18 @@ impl ProcessCluster {
             );
             std::fs::write(dir.path().join(format!("n{id}.toml")), text)?;
         }
-        let mut c = Self {
+        Ok(Self {
             dir,
             bin: bin.into(),
             cluster_id,
             addrs,
             procs: (0..n).map(|_| None).collect(),
-        };
-        for id in 1..=n as NodeId {
-            c.launch(id)?;
-        }
-        Ok(c)
+        })
     }
 
-    fn launch(&mut self, id: NodeId) -> std::io::Result<()> {
+    /// Starts node `id`'s process (`bin node --config`), from its data directory; its
+    /// stderr goes to [`ProcessCluster::log_path`].
+    pub fn launch(&mut self, id: NodeId) -> std::io::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -81,6 +97,16 @@ impl ProcessCluster {
             .spawn()?;
         self.procs[id as usize - 1] = Some(child);
         Ok(())
+    }
+
+    /// The process id of node `id`, while its process runs.
+    pub fn pid(&self, id: NodeId) -> Option<u32> {
+        self.procs.get(id as usize - 1)?.as_ref().map(Child::id)
+    }
+
+    /// The cluster id every config names.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
     }
 
     /// The config file of node `id`.

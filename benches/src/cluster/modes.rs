@@ -1,0 +1,250 @@
+//! Running the workloads in each mode: cluster (embedded client), remote (gRPC client) and
+//! framework (in-process, in-memory).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use lockstep::processes::ProcessCluster;
+use lockstep::{
+    Client, ClientConfig, ClusterOptions, Config, InProcessCluster, NodeBuilder, RunningNode,
+    RuntimeConfig, StateMachineTrait,
+};
+
+use super::memory;
+use super::report::{NodeMemory, Row};
+use super::target::Target;
+use super::workload::{self, Kind, Workload};
+
+/// How big and how long a run is.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Multiplies the standard workloads' operation counts (1.0 = full run).
+    pub scale: f64,
+    /// Longest time one workload may run; operations not started by then are reported.
+    pub limit: Duration,
+    /// Directory under which node data directories are created (and removed after).
+    pub base: PathBuf,
+    /// Framework mode: client counts.
+    pub framework_clients: Vec<usize>,
+    /// Framework mode: operations per client count (1 client: `framework_ops_single`).
+    pub framework_ops: usize,
+    /// Framework mode: operations with 1 client.
+    pub framework_ops_single: usize,
+}
+
+/// Clients of the remote mode (one per concurrent worker).
+const REMOTE_CLIENTS: usize = 100;
+
+fn measure(pids: &[(u64, u32)]) -> Vec<NodeMemory> {
+    pids.iter()
+        .filter_map(|(node, pid)| {
+            Some(NodeMemory {
+                node: *node,
+                peak_rss_mib: memory::peak_mib(*pid)?,
+            })
+        })
+        .collect()
+}
+
+async fn run_all(
+    target: &Target,
+    mode: &str,
+    backend: &str,
+    workloads: &[Workload],
+    pids: &[(u64, u32)],
+    s: &Settings,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut written = 0;
+    for w in workloads {
+        for (_, pid) in pids {
+            memory::reset_peak(*pid);
+        }
+        let sample = workload::run(target, w, written, s.limit).await;
+        if w.kind.writes() {
+            written = written.max(w.ops);
+        }
+        let row = Row::new(mode, backend, w, &sample, measure(pids));
+        eprintln!(
+            "  {:<24} {:>10.0} ops/s  p99 {:>8.0} µs  failed {}",
+            row.workload, row.ops_per_sec, row.p99_us, row.failed
+        );
+        if let Some(e) = &row.first_error {
+            eprintln!("    first failure: {e}");
+        }
+        rows.push(row);
+    }
+    rows
+}
+
+/// Waits until the cluster has a leader, making `local` (node 1) the leader if given.
+async fn settle_leader(admin: &Client, local: Option<&RunningNode>) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = admin.status().await.ok();
+        let leader = status.as_ref().and_then(|s| s.leader);
+        match (local, leader) {
+            (Some(n), _) if n.is_leader() => return Ok(()),
+            (None, Some(_)) => return Ok(()),
+            (Some(_), Some(l)) if l != 1 => {
+                let _ = admin.transfer_leader(1).await;
+            }
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "no suitable leader within 30 s (last seen: {leader:?})"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs the standard workloads on 3 node processes with `backend` storage: with the clients
+/// embedded in node 1's process (`embedded`, mode "cluster") or as gRPC clients of a
+/// cluster of 3 separate processes (mode "remote").
+pub async fn cluster(backend: &str, embedded: bool, s: &Settings) -> Result<Vec<Row>, String> {
+    let mode = if embedded { "cluster" } else { "remote" };
+    eprintln!("\n{mode} mode, {backend} storage");
+    let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    let mut procs = ProcessCluster::prepare(exe, 3, backend, "", &s.base)
+        .map_err(|e| format!("preparing the cluster under {}: {e}", s.base.display()))?;
+    let first_process = if embedded { 2 } else { 1 };
+    for id in first_process..=3 {
+        procs
+            .launch(id)
+            .map_err(|e| format!("starting node {id}: {e}"))?;
+    }
+    let local = if embedded {
+        let config = Config::from_file(procs.config_path(1)).map_err(|e| e.to_string())?;
+        Some(
+            NodeBuilder::from_config(config)
+                .start()
+                .await
+                .map_err(|e| format!("starting node 1 in this process: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let result = async {
+        let admin = procs.client().await?;
+        settle_leader(&admin, local.as_ref()).await?;
+        let target = match &local {
+            Some(n) => Target::Node(n.node().clone()),
+            None => {
+                let mut clients = Vec::with_capacity(REMOTE_CLIENTS);
+                for _ in 0..REMOTE_CLIENTS {
+                    let mut cfg = ClientConfig::new(procs.cluster_id());
+                    cfg.timeout = Duration::from_secs(20);
+                    clients.push(
+                        Client::connect(procs.addrs().to_vec(), cfg)
+                            .await
+                            .map_err(|e| format!("client: {e}"))?,
+                    );
+                }
+                Target::Remote(Arc::from(clients))
+            }
+        };
+        let pids: Vec<(u64, u32)> = (1..=3u64)
+            .filter_map(|id| match (&local, id) {
+                (Some(_), 1) => Some((1, std::process::id())),
+                _ => procs.pid(id).map(|p| (id, p)),
+            })
+            .collect();
+        // Warm-up: connections, caches, the first log segment.
+        let warm = Workload {
+            kind: Kind::ConcurrentWrite,
+            clients: 10,
+            ops: 1000,
+        };
+        workload::run(&target, &warm, 0, s.limit).await;
+        Ok::<_, String>(
+            run_all(
+                &target,
+                mode,
+                backend,
+                &workload::standard(s.scale),
+                &pids,
+                s,
+            )
+            .await,
+        )
+    }
+    .await;
+    if let Some(n) = local {
+        let _ = n.shutdown().await;
+    }
+    drop(procs);
+    result
+}
+
+/// Answers every command with nothing: the framework mode's state machine.
+struct Null;
+
+impl StateMachineTrait for Null {
+    fn apply(&self, _: &[u8]) -> Result<Bytes, String> {
+        Ok(Bytes::new())
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn restore(&self, _: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Framework mode: for each client count, a fresh in-process 3-node cluster with in-memory
+/// storage and channel transport, empty commands, writes only.
+pub async fn framework(s: &Settings) -> Result<Vec<Row>, String> {
+    eprintln!("\nframework mode (in-process, in-memory)");
+    let mut rows = Vec::new();
+    for &clients in &s.framework_clients {
+        let opts = ClusterOptions {
+            runtime: RuntimeConfig {
+                max_pending_requests: 1 << 20,
+                ..RuntimeConfig::default()
+            },
+            snapshot_every: 100_000,
+            ..ClusterOptions::default()
+        };
+        let cluster = InProcessCluster::start([1, 2, 3], |_| Null, opts)
+            .await
+            .map_err(|e| format!("in-process cluster: {e}"))?;
+        let leader = cluster
+            .wait_for_leader(Duration::from_secs(10))
+            .await
+            .map_err(|e| format!("no leader: {e}"))?;
+        let target = Target::Node(leader);
+        let warm = Workload {
+            kind: Kind::EmptyWrite,
+            clients: clients.min(100),
+            ops: 1000,
+        };
+        workload::run(&target, &warm, 0, s.limit).await;
+        let w = Workload {
+            kind: Kind::EmptyWrite,
+            clients,
+            ops: if clients == 1 {
+                s.framework_ops_single
+            } else {
+                s.framework_ops
+            },
+        };
+        // All three nodes share this process: its peak RSS is reported as node 0.
+        rows.extend(
+            run_all(
+                &target,
+                "framework",
+                "memory",
+                &[w],
+                &[(0, std::process::id())],
+                s,
+            )
+            .await,
+        );
+        cluster.shutdown().await;
+    }
+    Ok(rows)
+}
