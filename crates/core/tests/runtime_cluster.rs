@@ -220,3 +220,37 @@ async fn the_default_kv_state_machine_serves_put_get_delete_and_cas_through_the_
     assert_eq!(KvResponse::decode(&r).unwrap(), KvResponse::Value(None));
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_reads_served_beside_the_core_see_every_acknowledged_write_thesis_6_4_1() {
+    let c = journal_cluster(&[1, 2, 3], mem(), fast_options())
+        .await
+        .unwrap();
+    let leader = c.wait_for_leader(T).await.unwrap();
+    // Concurrent writers and lease readers: every read sees at least every write that was
+    // acknowledged before the read started.
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = {
+        let (l, acked) = (leader.clone(), acked.clone());
+        tokio::spawn(async move {
+            for v in 1..=300u64 {
+                l.propose(v.to_le_bytes().to_vec()).await.unwrap();
+                acked.store(v, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    let mut reads = 0;
+    while !writer.is_finished() {
+        let floor = acked.load(std::sync::atomic::Ordering::SeqCst);
+        let seen =
+            decode_values(&leader.read(&b"ALL"[..], ReadLevel::Lease).await.unwrap()).unwrap();
+        assert!(
+            (1..=floor).all(|v| seen.contains(&v)),
+            "a lease read missed an acknowledged write (floor {floor}, saw {} values)",
+            seen.len()
+        );
+        reads += 1;
+    }
+    writer.await.unwrap();
+    assert!(reads > 10, "only {reads} reads overlapped the writes");
+}

@@ -81,6 +81,18 @@ impl Raft {
             })
     }
 
+    /// While a lease read would be served at once (leader, an entry of this term committed,
+    /// lease valid, thesis §6.4.1): how many more ticks the lease holds, and the commit index
+    /// the state machine must have applied. Lets the runtime serve lease reads without
+    /// stepping the protocol.
+    pub fn lease_read(&self) -> Option<(u64, Index)> {
+        if !self.is_leader() || !self.committed_in_current_term() || !self.lease_valid() {
+            return None;
+        }
+        let ls = self.leader_state.as_ref()?;
+        Some((ls.lease_until.saturating_sub(self.now), self.commit))
+    }
+
     /// Starts a round with every queued read, confirmed by a heartbeat to all followers.
     pub(crate) fn start_read_round(&mut self) {
         let (commit, now) = (self.commit, self.now);

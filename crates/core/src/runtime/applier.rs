@@ -38,6 +38,7 @@ pub(crate) struct Applier {
     pub(crate) core: mpsc::UnboundedSender<Input>,
     pub(crate) log: mpsc::UnboundedSender<LogOp>,
     pub(crate) building: Arc<AtomicBool>,
+    pub(crate) lease: Arc<super::lease::LeaseCell>,
 }
 
 impl Applier {
@@ -57,6 +58,7 @@ impl Applier {
                 ApplyJob::Install { meta, reset_log } => {
                     match self.handler.install_snapshot(&meta).await {
                         Ok(()) => {
+                            self.lease.set_applied(meta.last_log_id.index);
                             let _ = self.log.send(LogOp::SnapshotInstalled { meta, reset_log });
                         }
                         Err(e) => {
@@ -86,6 +88,8 @@ impl Applier {
         };
         match self.handler.apply(&entries).await {
             Ok(results) => {
+                // Before any reply: a lease read after an acknowledged write sees it.
+                self.lease.set_applied(last);
                 let mut results = results.into_iter().peekable();
                 for (idx, reply) in waiters {
                     while results.next_if(|(i, _)| *i < idx).is_some() {}

@@ -35,6 +35,10 @@ pub(crate) struct Core {
     pub(crate) building: Arc<AtomicBool>,
     pub(crate) pending: HashMap<RequestId, Pending>,
     pub(crate) next_id: RequestId,
+    /// Lease reads served outside the core (see `lease.rs`).
+    pub(crate) lease: Arc<super::lease::LeaseCell>,
+    /// Scheduled time of the last tick the protocol saw.
+    pub(crate) last_tick: std::time::Instant,
 }
 
 /// What the loop does after an input.
@@ -52,7 +56,8 @@ impl Core {
         loop {
             let first = tokio::select! {
                 biased;
-                _ = ticker.tick() => {
+                at = ticker.tick() => {
+                    self.last_tick = at.into_std();
                     self.raft.step(Event::Tick);
                     ticks += 1;
                     None
@@ -82,6 +87,9 @@ impl Core {
                 self.raft
                     .step(Event::Propose(std::mem::take(&mut proposals)));
             }
+            // Before the actions run: no message leaves that could let another node lead
+            // while this node still serves lease reads locally.
+            self.publish_lease();
             self.execute();
             if let Flow::Stop = flow {
                 break;
@@ -236,6 +244,17 @@ impl Core {
         }
     }
 
+    fn publish_lease(&self) {
+        let grant = self.raft.lease_read().map(|(ticks, index)| {
+            let left = self
+                .cfg
+                .tick
+                .saturating_mul(u32::try_from(ticks).unwrap_or(u32::MAX));
+            (self.last_tick + left, index)
+        });
+        self.lease.publish(grant);
+    }
+
     fn publish(&self, force: bool) {
         let s = self.raft.status();
         self.status.send_if_modified(|cur| {
@@ -256,6 +275,7 @@ impl Core {
     }
 
     fn fail_all(&mut self, reason: &str) {
+        self.lease.publish(None);
         // Status first: whoever sees a request fail then sees why the node stopped.
         self.status
             .send_modify(|s| s.stopped = Some(reason.to_string()));

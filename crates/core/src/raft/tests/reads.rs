@@ -124,3 +124,41 @@ fn sticky_follower_ignores_a_higher_term_response_so_the_lease_holds_thesis_6_4_
     net.step(2, Event::Message(req));
     assert_eq!(net.node(2).term(), 1);
 }
+
+#[test]
+fn lease_read_grant_matches_when_the_protocol_serves_lease_reads_at_once_thesis_6_4_1() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.hold_sync.extend([2, 3]);
+    net.elect(1);
+    net.deliver();
+    assert_eq!(
+        net.node(1).lease_read(),
+        None,
+        "no grant before an entry of the new term commits"
+    );
+    net.sync(2);
+    net.deliver();
+    net.tick_all(2);
+    let (ticks, index) = net.node(1).lease_read().expect("lease confirmed");
+    assert!(ticks > 0);
+    assert_eq!(index, net.node(1).commit_index());
+    assert_eq!(net.node(2).lease_read(), None, "followers never grant");
+    // The grant shrinks with time and ends with the lease.
+    net.isolated.extend([2, 3]);
+    net.tick(1, 1);
+    let (left, _) = net.node(1).lease_read().expect("still within the lease");
+    assert_eq!(left, ticks - 1);
+    net.tick(1, 9);
+    assert_eq!(net.node(1).lease_read(), None, "lease ran out");
+}
+
+#[test]
+fn lease_read_grant_ends_when_a_leader_transfer_starts_thesis_3_10() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.elect(1);
+    net.tick_all(2);
+    assert!(net.node(1).lease_read().is_some());
+    net.isolated.insert(2);
+    net.request(1, |id| Event::TransferLeader { id, to: 2 });
+    assert_eq!(net.node(1).lease_read(), None);
+}

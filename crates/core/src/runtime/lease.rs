@@ -1,0 +1,78 @@
+//! Lease reads without a trip through the core task (thesis §6.4.1).
+//!
+//! The core publishes, before it executes the protocol's actions (so before any message
+//! that could let another node lead leaves), whether the protocol would serve a lease read
+//! at once: until when, in wall-clock time, and at which commit index. A lease read then
+//! runs on the caller's task if the lease still holds and the state machine has applied
+//! that index; otherwise it takes the ordinary path through the protocol.
+//!
+//! The wall-clock end is conservative: it counts the lease's remaining ticks from the
+//! scheduled time of the last tick, and ticks only ever run late, so it never ends after
+//! the protocol's own lease would.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::types::Index;
+
+/// A lease read may be served locally until `until`, once `index` is applied.
+#[derive(Clone, Copy, Debug)]
+struct Grant {
+    until: Instant,
+    index: Index,
+}
+
+/// Shared between the core (publishes), the applier (applied index) and [`super::Node`].
+#[derive(Debug, Default)]
+pub(crate) struct LeaseCell {
+    grant: Mutex<Option<Grant>>,
+    applied: AtomicU64,
+}
+
+impl LeaseCell {
+    /// The core's view: `Some((until, index))` while lease reads are served at once.
+    pub(crate) fn publish(&self, grant: Option<(Instant, Index)>) {
+        let g = grant.map(|(until, index)| Grant { until, index });
+        *self.grant.lock().unwrap_or_else(|p| p.into_inner()) = g;
+    }
+
+    /// The applier reached `index`.
+    pub(crate) fn set_applied(&self, index: Index) {
+        self.applied.fetch_max(index, Ordering::AcqRel);
+    }
+
+    /// True if a lease read may be served from the local state machine now.
+    pub(crate) fn holds(&self) -> bool {
+        let grant = *self.grant.lock().unwrap_or_else(|p| p.into_inner());
+        grant.is_some_and(|g| {
+            self.applied.load(Ordering::Acquire) >= g.index && Instant::now() < g.until
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn lease_holds_only_while_granted_unexpired_and_applied_thesis_6_4_1() {
+        let c = LeaseCell::default();
+        assert!(!c.holds(), "no grant");
+        let later = Instant::now() + Duration::from_secs(60);
+        c.publish(Some((later, 5)));
+        c.set_applied(4);
+        assert!(!c.holds(), "commit index 5 not applied yet");
+        c.set_applied(5);
+        assert!(c.holds());
+        c.publish(Some((Instant::now() - Duration::from_millis(1), 5)));
+        assert!(!c.holds(), "expired");
+        c.publish(Some((later, 5)));
+        c.publish(None);
+        assert!(!c.holds(), "revoked");
+        c.set_applied(3);
+        c.publish(Some((later, 5)));
+        assert!(c.holds(), "applied index never goes back");
+    }
+}
