@@ -2,10 +2,13 @@
 //!
 //! ```text
 //! cluster-bench [--quick] [--modes cluster,remote,framework] [--backends file,rocksdb,sled]
-//!               [--out DIR] [--limit-secs N] [--scale F]
+//!               [--out DIR] [--limit-secs N] [--scale F] [--workloads ID,..]
 //!               [--framework-clients 1,100,1024,4096] [--framework-ops N] [--framework-ops-single N]
 //! cluster-bench node --config FILE    (a node process; the benchmark starts these itself)
 //! ```
+//!
+//! Workload ids: single-client-write, concurrent-write, linearizable-read, lease-read,
+//! eventual-read, hot-key (reads need a write workload before them).
 //!
 //! Prints a markdown table, writes `DIR/run-TIME-KIND.json` and two PNG charts next to it
 //! (DIR defaults to `$CARGO_TARGET_DIR/bench` or `target/bench`), and exits with an error if
@@ -82,6 +85,9 @@ async fn bench(args: &[String]) -> Result<(), String> {
         scale: parse(args, "--scale", if quick { 0.05 } else { 1.0 })?,
         limit: Duration::from_secs(parse(args, "--limit-secs", if quick { 20 } else { 120 })?),
         base: out.join("data"),
+        only: flag(args, "--workloads")
+            .map(|w| list(&w))
+            .unwrap_or_default(),
         framework_clients,
         framework_ops: parse(
             args,

@@ -26,6 +26,9 @@ pub struct Settings {
     pub limit: Duration,
     /// Directory under which node data directories are created (and removed after).
     pub base: PathBuf,
+    /// Only these standard workloads (kebab-case kind names); empty = all six. Reads need
+    /// a write workload before them in the same run.
+    pub only: Vec<String>,
     /// Framework mode: client counts.
     pub framework_clients: Vec<usize>,
     /// Framework mode: operations per client count (1 client: `framework_ops_single`).
@@ -165,7 +168,10 @@ pub async fn cluster(backend: &str, embedded: bool, s: &Settings) -> Result<Vec<
                 &target,
                 mode,
                 backend,
-                &workload::standard(s.scale),
+                &workload::standard(s.scale)
+                    .into_iter()
+                    .filter(|w| s.only.is_empty() || s.only.iter().any(|o| *o == w.kind.id()))
+                    .collect::<Vec<_>>(),
                 &pids,
                 s,
             )

@@ -52,6 +52,19 @@ impl Kind {
         }
     }
 
+    /// The workload's identifier on the command line.
+    pub fn id(self) -> &'static str {
+        match self {
+            Kind::SingleClientWrite => "single-client-write",
+            Kind::ConcurrentWrite => "concurrent-write",
+            Kind::LinearizableRead => "linearizable-read",
+            Kind::LeaseRead => "lease-read",
+            Kind::EventualRead => "eventual-read",
+            Kind::HotKey => "hot-key",
+            Kind::EmptyWrite => "empty-write",
+        }
+    }
+
     /// True for workloads that write.
     pub fn writes(self) -> bool {
         matches!(

@@ -23,7 +23,7 @@
 //! tick_ms = 10
 //!
 //! [snapshot]
-//! every_entries = 10000
+//! every_entries = 100000
 //!
 //! [tls]                       # optional: PEM files; mutual TLS with require_client_cert
 //! cert = "certs/n1.pem"
@@ -207,7 +207,7 @@ pub struct SnapshotSection {
 impl Default for SnapshotSection {
     fn default() -> Self {
         Self {
-            every_entries: 10_000,
+            every_entries: 100_000,
             every_bytes: 64 << 20,
             every_seconds: 0,
             keep: 2,
