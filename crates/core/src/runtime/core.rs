@@ -39,6 +39,41 @@ pub(crate) struct Core {
     pub(crate) lease: Arc<super::lease::LeaseCell>,
     /// Scheduled time of the last tick the protocol saw.
     pub(crate) last_tick: std::time::Instant,
+    /// The log store, when it is written on this task (it never blocks).
+    pub(crate) inline: Option<InlineLog>,
+    /// Set by a simulated crash: nothing more is synced.
+    pub(crate) killed: Arc<AtomicBool>,
+    /// Why the node must stop, found while executing actions.
+    pub(crate) fatal: Option<String>,
+}
+
+/// A log store written on the core task, and the writes queued for it.
+pub(crate) struct InlineLog {
+    store: Box<dyn crate::storage::LogStore>,
+    ops: Vec<LogOp>,
+    /// Writes from the applier (snapshot records); taken by the run loop.
+    from_applier: Option<mpsc::UnboundedReceiver<LogOp>>,
+}
+
+impl InlineLog {
+    pub(crate) fn new(
+        store: Box<dyn crate::storage::LogStore>,
+        from_applier: mpsc::UnboundedReceiver<LogOp>,
+    ) -> Self {
+        Self {
+            store,
+            ops: Vec::new(),
+            from_applier: Some(from_applier),
+        }
+    }
+}
+
+/// The next write the applier queued, or never (no inline log).
+async fn applier_op(rx: &mut Option<mpsc::UnboundedReceiver<LogOp>>) -> Option<LogOp> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What the loop does after an input.
@@ -53,9 +88,14 @@ impl Core {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut ticks = 0u64;
         let mut proposals = Vec::new();
+        let mut applier_ops = self.inline.as_mut().and_then(|i| i.from_applier.take());
         loop {
             let first = tokio::select! {
                 biased;
+                Some(op) = applier_op(&mut applier_ops) => {
+                    self.write(op);
+                    None
+                }
                 at = ticker.tick() => {
                     self.last_tick = at.into_std();
                     self.raft.step(Event::Tick);
@@ -89,8 +129,11 @@ impl Core {
             }
             // Before the actions run: no message leaves that could let another node lead
             // while this node still serves lease reads locally.
-            self.publish_lease();
             self.execute();
+            if let Some(reason) = self.fatal.take() {
+                self.stop(reason);
+                break;
+            }
             if let Flow::Stop = flow {
                 break;
             }
@@ -163,9 +206,54 @@ impl Core {
         Some(id)
     }
 
-    /// Executes the protocol's actions in order.
+    /// Executes the protocol's actions in order; with an inline log, writes them after each
+    /// round and feeds the completions back until the protocol is quiet.
     fn execute(&mut self) {
-        for action in self.raft.take_actions() {
+        loop {
+            // Before the actions run: no message leaves that could let another node lead
+            // while this node still serves lease reads locally.
+            self.publish_lease();
+            let actions = self.raft.take_actions();
+            if actions.is_empty() {
+                return;
+            }
+            self.execute_actions(actions);
+            if !self.flush_inline() {
+                return;
+            }
+        }
+    }
+
+    /// Writes the inline log's queued ops with one sync and steps their completions; false
+    /// if there was nothing to write or the node must stop.
+    fn flush_inline(&mut self) -> bool {
+        let Some(inline) = self.inline.as_mut() else {
+            return false;
+        };
+        if inline.ops.is_empty() || self.fatal.is_some() {
+            return false;
+        }
+        match super::log_writer::run_batch(inline.store.as_mut(), &mut inline.ops, &self.killed) {
+            Ok((events, _stop)) => {
+                for e in events {
+                    if matches!(e, Event::SnapshotBuilt(_)) {
+                        self.building.store(false, Ordering::Release);
+                    }
+                    self.raft.step(e);
+                }
+                true
+            }
+            Err(e) => {
+                inline.ops.clear();
+                tracing::error!(node = self.raft.id(), error = %e, "log store failed; stopping the node");
+                self.fatal = Some(format!("log store: {e}"));
+                false
+            }
+        }
+    }
+
+    fn execute_actions(&mut self, actions: Vec<Action>) {
+        for action in actions {
             match action {
                 Action::SaveHardState(hs) => self.write(LogOp::HardState(hs)),
                 Action::TruncateLog { from, write } => self.write(LogOp::Truncate { from, write }),
@@ -213,6 +301,10 @@ impl Core {
     }
 
     fn write(&mut self, op: LogOp) {
+        if let Some(inline) = self.inline.as_mut() {
+            inline.ops.push(op);
+            return;
+        }
         if self.log.send(op).is_err() {
             // The writer stopped after an error; the Fatal input that follows stops the node.
             tracing::debug!("log writer gone; dropping write");
@@ -293,7 +385,9 @@ impl Core {
     /// Graceful: every queued write is made durable, queued applies finish, then stop.
     fn shutdown(&mut self, done: oneshot::Sender<()>) {
         self.execute();
-        let _ = self.log.send(LogOp::Stop);
+        if self.inline.is_none() {
+            let _ = self.log.send(LogOp::Stop);
+        }
         let thread = self.log_thread.lock().ok().and_then(|mut t| t.take());
         let (tx, rx) = oneshot::channel();
         let _ = self.apply.send(ApplyJob::Stop(tx));

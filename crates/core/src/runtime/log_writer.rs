@@ -79,7 +79,7 @@ pub(crate) fn spawn(
 }
 
 /// Executes a batch of writes and one sync; returns the completions to report.
-fn run_batch(
+pub(crate) fn run_batch(
     store: &mut dyn LogStore,
     batch: &mut Vec<LogOp>,
     killed: &AtomicBool,

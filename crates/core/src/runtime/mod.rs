@@ -6,7 +6,9 @@
 //!   ticks and I/O completions, and executes the protocol's actions in order;
 //! - the **log writer thread** owns the log store and does group commit: every write queued
 //!   goes to the store, then one `sync`, then "durable up to" is reported. The leader's own
-//!   append runs there while the core already sends the same entries to followers;
+//!   append runs there while the core already sends the same entries to followers. (A store
+//!   that never blocks, such as the in-memory one, is written by the core task itself
+//!   after each round of actions, in the same order and with the same batching);
 //! - the **applier task** applies committed entries and serves reads, so a slow state
 //!   machine does not delay heartbeats; snapshots are built on a task of their own.
 
@@ -199,9 +201,15 @@ impl Node {
         let (log_tx, log_rx) = mpsc::unbounded_channel();
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
         let killed = Arc::new(AtomicBool::new(false));
-        let log_thread = log_writer::spawn(id, log_store, log_rx, tx.clone(), killed.clone())
-            .map_err(StartError::Thread)?;
-        let log_thread: LogThread = Arc::new(Mutex::new(Some(log_thread)));
+        // A store that never blocks is written on the core task; others get a writer thread.
+        let (inline, log_thread) = if log_store.never_blocks() {
+            (Some(core::InlineLog::new(log_store, log_rx)), None)
+        } else {
+            let t = log_writer::spawn(id, log_store, log_rx, tx.clone(), killed.clone())
+                .map_err(StartError::Thread)?;
+            (None, Some(t))
+        };
+        let log_thread: LogThread = Arc::new(Mutex::new(log_thread));
         let (status_tx, status_rx) = watch::channel(NodeStatus::from_protocol(raft.status()));
         let building = Arc::new(AtomicBool::new(false));
         let lease = Arc::new(lease::LeaseCell::default());
@@ -230,6 +238,9 @@ impl Node {
             next_id: 1,
             lease: lease.clone(),
             last_tick: std::time::Instant::now(),
+            inline,
+            killed: killed.clone(),
+            fatal: None,
         };
         let tasks = vec![tokio::spawn(applier.run()), tokio::spawn(core.run())];
         Ok(Node {

@@ -2,7 +2,7 @@
 //! keep a "durable" image that survives a simulated crash ([`MemLogStore::crash_copy`]),
 //! which is what tests of the runtime need.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -16,17 +16,25 @@ struct Image {
     hard_state: HardState,
     snapshot: Option<SnapshotMeta>,
     offset: LogId,
-    entries: Vec<Entry>,
+    entries: VecDeque<Entry>,
 }
 
 impl Image {
     fn last(&self) -> LogId {
-        self.entries.last().map_or(self.offset, |e| e.log_id)
+        self.entries.back().map_or(self.offset, |e| e.log_id)
+    }
+
+    /// Applies `op`, taking its entries (the durable image, from the pending queue).
+    fn apply_owned(&mut self, op: Op) {
+        match op {
+            Op::Append(entries) => self.entries.extend(entries),
+            other => self.apply(&other),
+        }
     }
 
     fn apply(&mut self, op: &Op) {
         match op {
-            Op::Append(entries) => self.entries.extend_from_slice(entries),
+            Op::Append(entries) => self.entries.extend(entries.iter().cloned()),
             Op::Truncate(from) => {
                 let keep = from.saturating_sub(self.offset.index + 1) as usize;
                 self.entries.truncate(keep);
@@ -130,7 +138,7 @@ impl LogStore for MemLogStore {
             hard_state: self.work.hard_state,
             snapshot: self.work.snapshot.clone(),
             log_offset: self.work.offset,
-            entries: self.work.entries.clone(),
+            entries: self.work.entries.iter().cloned().collect(),
         })
     }
 
@@ -181,7 +189,7 @@ impl LogStore for MemLogStore {
         match self.durable.lock() {
             Ok(mut d) => {
                 for op in self.pending.drain(..) {
-                    d.apply(&op);
+                    d.apply_owned(op);
                 }
                 Ok(())
             }
@@ -200,7 +208,7 @@ impl LogStore for MemLogStore {
             });
         }
         match (self.pos(from), self.pos(to)) {
-            (Some(a), Some(b)) => Ok(self.work.entries[a..=b].to_vec()),
+            (Some(a), Some(b)) => Ok(self.work.entries.range(a..=b).cloned().collect()),
             _ => Err(StorageError::Unavailable {
                 index: to,
                 last: self.work.last().index,
@@ -217,6 +225,10 @@ impl LogStore for MemLogStore {
 
     fn bounds(&self) -> (LogId, LogId) {
         (self.work.offset, self.work.last())
+    }
+
+    fn never_blocks(&self) -> bool {
+        true
     }
 }
 
