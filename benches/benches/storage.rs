@@ -1,7 +1,9 @@
 //! Storage on this machine's disk: the physical limit (a bare loop of 4 KiB write +
 //! `fdatasync`, and 1 MiB writes + `fdatasync` for sequential bandwidth) next to the file log
-//! store: single-entry append + sync latency, batched 256-byte appends, and recovery time.
-//! Everything runs in temporary directories on the same file system, in one process.
+//! store: single-entry append + sync latency, batched 256-byte appends, and recovery time;
+//! and the same append figures for the sled and RocksDB log stores, so the backends compare
+//! on one run. Everything runs in temporary directories on the same file system, in one
+//! process.
 
 use std::fs::File;
 use std::io::Write;
@@ -72,8 +74,15 @@ fn open(dir: &Path) -> FileLogStore {
     FileLogStore::open_with(dir, FileLogOptions::default()).expect("open")
 }
 
-/// Appends `batch` entries and syncs once per iteration.
-fn append_sync(c: &mut Criterion, batch: usize, bytes_throughput: bool) {
+/// Appends `batch` entries to the store `open` creates and syncs once per iteration;
+/// `backend` names it in the benchmark id.
+fn append_sync<S: LogStore>(
+    c: &mut Criterion,
+    backend: &str,
+    open: impl FnOnce(&Path) -> S,
+    batch: usize,
+    bytes_throughput: bool,
+) {
     let dir = bench_dir();
     let mut s = open(dir.path());
     let payload = Bytes::from(vec![0xA5u8; 256]);
@@ -86,9 +95,9 @@ fn append_sync(c: &mut Criterion, batch: usize, bytes_throughput: bool) {
         g.throughput(Throughput::Elements(batch as u64));
     }
     let id = if bytes_throughput {
-        "file_log_append_sync_256B_bytes"
+        format!("{backend}_log_append_sync_256B_bytes")
     } else {
-        "file_log_append_sync_256B"
+        format!("{backend}_log_append_sync_256B")
     };
     g.bench_with_input(BenchmarkId::new(id, batch), &batch, |b, &batch| {
         b.iter_custom(|iters| {
@@ -116,9 +125,25 @@ fn append_sync(c: &mut Criterion, batch: usize, bytes_throughput: bool) {
 }
 
 fn file_log(c: &mut Criterion) {
-    append_sync(c, 1, false);
-    append_sync(c, 1024, false);
-    append_sync(c, 1024, true);
+    append_sync(c, "file", open, 1, false);
+    append_sync(c, "file", open, 1024, false);
+    append_sync(c, "file", open, 1024, true);
+}
+
+fn open_sled(dir: &Path) -> lockstep_storage_sled::SledLogStore {
+    lockstep_storage_sled::SledLogStore::open(dir).expect("open sled")
+}
+
+fn open_rocksdb(dir: &Path) -> lockstep_storage_rocksdb::RocksLogStore {
+    lockstep_storage_rocksdb::RocksLogStore::open(dir).expect("open rocksdb")
+}
+
+/// The other backends' log stores, measured the same way as the file store.
+fn backend_logs(c: &mut Criterion) {
+    append_sync(c, "sled", open_sled, 1, false);
+    append_sync(c, "sled", open_sled, 1024, false);
+    append_sync(c, "rocksdb", open_rocksdb, 1, false);
+    append_sync(c, "rocksdb", open_rocksdb, 1024, false);
 }
 
 fn recovery(c: &mut Criterion) {
@@ -154,5 +179,5 @@ fn recovery(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, physical_limit, file_log, recovery);
+criterion_group!(benches, physical_limit, file_log, backend_logs, recovery);
 criterion_main!(benches);
