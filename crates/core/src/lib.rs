@@ -40,7 +40,10 @@ pub use raft::{InitError, InitialState, Raft, Role, Status};
 pub use rng::Rng;
 pub use session::{SessionCheck, SessionTable};
 pub use state_machine::{Command, KvStateMachine, StateMachine, StateMachineTrait};
-pub use storage::{LogStore, MemLogStore, MemSnapshotStore, SnapshotStore, StoredLog};
+pub use storage::{
+    LogStore, MemLogStore, MemSnapshotStore, SnapshotReader, SnapshotStore, SnapshotWriter,
+    StagedSnapshot, StoredLog,
+};
 pub use transport::{Transport, TransportError};
 pub use types::{
     ClientSession, Entry, EntryPayload, HardState, Index, LogId, NodeId, RequestId, SnapshotMeta,

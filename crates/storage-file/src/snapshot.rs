@@ -6,17 +6,26 @@
 //!        | data crc32c u32 | header crc32c u32 (of bytes 8..28 and the meta) | meta | data
 //! ```
 //!
-//! A save writes `<name>.tmp`, `fsync`s it, renames it over `<name>` and syncs the
-//! directory. Temporary files left by a crash are removed on open.
+//! Snapshots stream in and out; neither side holds one whole in memory. A writer
+//! ([`SnapshotStore::writer`]) streams the data into `<name>.<pid>-<seq>.snap.tmp` behind a
+//! placeholder header, keeping the data's length and CRC32C as it goes; `finish` writes the
+//! real header and `fsync`s the file; `commit` renames it over `<name>` and syncs the
+//! directory. Temporary files left by a crash are removed on open. A reader
+//! ([`SnapshotStore::reader`]) checks the header when it opens the file and the data's
+//! CRC32C when it reaches the end: a mismatch fails that last read with
+//! [`StorageError::Corrupt`] (wrapped in the `io::Error`).
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::{BufMut, Bytes};
+use bytes::BufMut;
 use lockstep_core::codec::{self, Reader};
-use lockstep_core::{LogId, SnapshotMeta, SnapshotStore, StorageError};
+use lockstep_core::{
+    LogId, SnapshotMeta, SnapshotReader, SnapshotStore, SnapshotWriter, StagedSnapshot,
+    StorageError,
+};
 
 use crate::error::{FileStoreError, Result};
 use crate::fsutil;
@@ -25,6 +34,8 @@ const MAGIC: [u8; 8] = *b"LSTPSNAP";
 const VERSION: u32 = 1;
 const HEADER: usize = 32;
 const MAX_META: usize = 64 << 20;
+/// Buffer of a snapshot file being written or read.
+const IO_BUFFER: usize = 256 << 10;
 
 /// A [`SnapshotStore`] keeping each snapshot in its own checksummed file in one directory.
 #[derive(Debug)]
@@ -174,65 +185,43 @@ impl FileSnapshotStore {
         Ok(ids)
     }
 
-    fn save_inner(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<()> {
-        let path = self.path_of(meta.last_log_id);
+    fn writer_inner(&self, meta: &SnapshotMeta) -> Result<FileSnapshotWriter> {
         let mut meta_bytes = Vec::new();
         codec::put_snapshot_meta(&mut meta_bytes, meta);
-        let mut head = Vec::with_capacity(HEADER + meta_bytes.len());
-        head.extend_from_slice(&MAGIC);
-        head.put_u32_le(VERSION);
-        head.put_u32_le(meta_bytes.len() as u32);
-        head.put_u64_le(data.len() as u64);
-        head.put_u32_le(crc32c::crc32c(data));
-        let hdr_crc = crc32c::crc32c_append(crc32c::crc32c(&head[8..28]), &meta_bytes);
-        head.put_u32_le(hdr_crc);
-        head.extend_from_slice(&meta_bytes);
+        if meta_bytes.len() > MAX_META {
+            return Err(FileStoreError::TooLarge(format!(
+                "snapshot metadata of {} bytes exceeds {MAX_META}",
+                meta_bytes.len()
+            )));
+        }
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.join(format!(
             "{}.{}-{seq}.snap.tmp",
             snapshot_name(meta.last_log_id),
             std::process::id()
         ));
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&head)?;
-            f.write_all(data)?;
-            f.sync_all()
-        };
-        if let Err(e) = write() {
+        let mut f = File::create(&tmp).map_err(|e| FileStoreError::io("create", &tmp, e))?;
+        // A placeholder header (all zeros: invalid magic) until `finish` knows the data's
+        // length and checksum.
+        let placeholder = vec![0u8; HEADER + meta_bytes.len()];
+        if let Err(e) = f.write_all(&placeholder) {
             let _ = std::fs::remove_file(&tmp);
             return Err(FileStoreError::io("write", &tmp, e));
         }
-        std::fs::rename(&tmp, &path).map_err(|e| FileStoreError::io("rename", &tmp, e))?;
-        fsutil::sync_dir(&self.dir)
+        Ok(FileSnapshotWriter {
+            out: Some(BufWriter::with_capacity(IO_BUFFER, f)),
+            tmp: Some(TempFile(tmp)),
+            path: self.path_of(meta.last_log_id),
+            dir: self.dir.clone(),
+            last: meta.last_log_id,
+            meta_bytes,
+            data_len: 0,
+            crc: 0,
+        })
     }
 
-    fn load_inner(&self, last: LogId) -> Result<Option<Bytes>> {
-        let path = self.path_of(last);
-        let buf = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(FileStoreError::io("read", &path, e)),
-        };
-        let h = parse_header(&path, &buf, buf.len() as u64)?;
-        if h.meta.last_log_id != last {
-            return Err(FileStoreError::corrupt(
-                &path,
-                HEADER as u64,
-                format!("file holds snapshot {} instead", h.meta.last_log_id),
-            ));
-        }
-        let start = HEADER + h.meta_len;
-        let buf = Bytes::from(buf);
-        let data = buf.slice(start..start + h.data_len as usize);
-        if crc32c::crc32c(&data) != h.data_crc {
-            return Err(FileStoreError::corrupt(
-                &path,
-                start as u64,
-                "snapshot data checksum mismatch",
-            ));
-        }
-        Ok(Some(data))
+    fn reader_inner(&self, last: LogId) -> Result<Option<SnapshotReader>> {
+        open_reader(&self.path_of(last), last)
     }
 
     fn list_inner(&self) -> Result<Vec<SnapshotMeta>> {
@@ -240,27 +229,7 @@ impl FileSnapshotStore {
         for id in self.ids()? {
             let path = self.path_of(id);
             let mut f = File::open(&path).map_err(|e| FileStoreError::io("open", &path, e))?;
-            let file_len = f
-                .metadata()
-                .map_err(|e| FileStoreError::io("stat", &path, e))?
-                .len();
-            let mut head = [0u8; HEADER];
-            let n =
-                read_up_to(&mut f, &mut head).map_err(|e| FileStoreError::io("read", &path, e))?;
-            let meta_len = if n == HEADER {
-                (le_u32(&head[12..]) as usize).min(MAX_META)
-            } else {
-                0
-            };
-            let want = (HEADER + meta_len).min(file_len as usize);
-            let mut buf = head[..n].to_vec();
-            buf.resize(want.max(n), 0);
-            if want > n {
-                f.read_exact(&mut buf[n..])
-                    .map_err(|e| FileStoreError::io("read", &path, e))?;
-            }
-            let h = parse_header(&path, &buf, file_len)?;
-            out.push(h.meta);
+            out.push(read_head(&path, &mut f)?.meta);
         }
         Ok(out)
     }
@@ -278,6 +247,235 @@ impl FileSnapshotStore {
     }
 }
 
+/// Reads and checks the header of an open snapshot file, leaving `f` at the data.
+fn read_head(path: &Path, f: &mut File) -> Result<Header> {
+    let file_len = f
+        .metadata()
+        .map_err(|e| FileStoreError::io("stat", path, e))?
+        .len();
+    let mut head = [0u8; HEADER];
+    let n = read_up_to(f, &mut head).map_err(|e| FileStoreError::io("read", path, e))?;
+    let meta_len = if n == HEADER {
+        (le_u32(&head[12..]) as usize).min(MAX_META)
+    } else {
+        0
+    };
+    let want = (HEADER + meta_len).min(file_len as usize);
+    let mut buf = head[..n].to_vec();
+    buf.resize(want.max(n), 0);
+    if want > n {
+        f.read_exact(&mut buf[n..])
+            .map_err(|e| FileStoreError::io("read", path, e))?;
+    }
+    parse_header(path, &buf, file_len)
+}
+
+/// Opens the snapshot file at `path`, which must hold snapshot `last`.
+fn open_reader(path: &Path, last: LogId) -> Result<Option<SnapshotReader>> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(FileStoreError::io("open", path, e)),
+    };
+    let h = read_head(path, &mut f)?;
+    if h.meta.last_log_id != last {
+        return Err(FileStoreError::corrupt(
+            path,
+            HEADER as u64,
+            format!("file holds snapshot {} instead", h.meta.last_log_id),
+        ));
+    }
+    let start = (HEADER + h.meta_len) as u64;
+    Ok(Some(SnapshotReader::new(
+        h.data_len,
+        Box::new(DataReader {
+            input: BufReader::with_capacity(IO_BUFFER, f),
+            path: path.to_path_buf(),
+            start,
+            left: h.data_len,
+            crc: 0,
+            expected: h.data_crc,
+            checked: false,
+        }),
+    )))
+}
+
+/// Reads a snapshot file's data, checking its CRC32C when the data ends.
+struct DataReader {
+    input: BufReader<File>,
+    path: PathBuf,
+    start: u64,
+    left: u64,
+    crc: u32,
+    expected: u32,
+    checked: bool,
+}
+
+impl DataReader {
+    fn corrupt(&self, offset: u64, detail: &str) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            StorageError::from(FileStoreError::corrupt(&self.path, offset, detail)),
+        )
+    }
+}
+
+impl Read for DataReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            if !self.checked {
+                if self.crc != self.expected {
+                    return Err(self.corrupt(self.start, "snapshot data checksum mismatch"));
+                }
+                self.checked = true;
+            }
+            return Ok(0);
+        }
+        let max = self.left.min(buf.len() as u64) as usize;
+        let n = self.input.read(&mut buf[..max]).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                StorageError::from(FileStoreError::io("read", &self.path, e)),
+            )
+        })?;
+        if n == 0 {
+            return Err(self.corrupt(self.start, "the file is shorter than its header says"));
+        }
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// A temporary file, removed when dropped unless it was renamed away ([`TempFile::keep`]).
+struct TempFile(PathBuf);
+
+impl TempFile {
+    /// The file was renamed: nothing to remove.
+    fn keep(mut self) {
+        self.0 = PathBuf::new();
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// A snapshot being written into a [`FileSnapshotStore`] (a temporary file).
+struct FileSnapshotWriter {
+    out: Option<BufWriter<File>>,
+    tmp: Option<TempFile>,
+    path: PathBuf,
+    dir: PathBuf,
+    last: LogId,
+    meta_bytes: Vec<u8>,
+    data_len: u64,
+    crc: u32,
+}
+
+impl FileSnapshotWriter {
+    fn tmp_path(&self) -> PathBuf {
+        self.tmp.as_ref().map(|t| t.0.clone()).unwrap_or_default()
+    }
+
+    fn finish_inner(mut self) -> Result<FileStaged> {
+        let tmp = self.tmp_path();
+        let io = |e| FileStoreError::io("write", &tmp, e);
+        let out = self
+            .out
+            .take()
+            .ok_or_else(|| io(std::io::Error::other("writer already finished")))?;
+        let mut f = out.into_inner().map_err(|e| io(e.into_error()))?;
+        let mut head = Vec::with_capacity(HEADER + self.meta_bytes.len());
+        head.extend_from_slice(&MAGIC);
+        head.put_u32_le(VERSION);
+        head.put_u32_le(self.meta_bytes.len() as u32);
+        head.put_u64_le(self.data_len);
+        head.put_u32_le(self.crc);
+        let hdr_crc = crc32c::crc32c_append(crc32c::crc32c(&head[8..28]), &self.meta_bytes);
+        head.put_u32_le(hdr_crc);
+        head.extend_from_slice(&self.meta_bytes);
+        f.seek(SeekFrom::Start(0)).map_err(io)?;
+        f.write_all(&head).map_err(io)?;
+        f.sync_all()
+            .map_err(|e| FileStoreError::io("fsync", &tmp, e))?;
+        Ok(FileStaged {
+            tmp: self.tmp.take(),
+            path: self.path.clone(),
+            dir: self.dir.clone(),
+            last: self.last,
+        })
+    }
+}
+
+impl Write for FileSnapshotWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let out = self
+            .out
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("snapshot writer already finished"))?;
+        let n = out.write(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        self.data_len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.out.as_mut() {
+            Some(o) => o.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl SnapshotWriter for FileSnapshotWriter {
+    fn finish(self: Box<Self>) -> Result<Box<dyn StagedSnapshot>, StorageError> {
+        Ok(Box::new(self.finish_inner()?))
+    }
+}
+
+/// A complete, synced snapshot file still under its temporary name.
+struct FileStaged {
+    tmp: Option<TempFile>,
+    path: PathBuf,
+    dir: PathBuf,
+    last: LogId,
+}
+
+impl StagedSnapshot for FileStaged {
+    fn reader(&self) -> Result<SnapshotReader, StorageError> {
+        let tmp = self.tmp.as_ref().map(|t| t.0.clone()).unwrap_or_default();
+        open_reader(&tmp, self.last)?.ok_or_else(|| {
+            FileStoreError::io(
+                "open",
+                &tmp,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "staged snapshot vanished"),
+            )
+            .into()
+        })
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<(), StorageError> {
+        let Some(tmp) = self.tmp.take() else {
+            return Err(StorageError::Other(
+                "staged snapshot already committed".into(),
+            ));
+        };
+        if let Err(e) = std::fs::rename(&tmp.0, &self.path) {
+            return Err(FileStoreError::io("rename", &tmp.0, e).into());
+        }
+        tmp.keep();
+        Ok(fsutil::sync_dir(&self.dir)?)
+    }
+}
+
 fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
@@ -290,12 +488,12 @@ fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 impl SnapshotStore for FileSnapshotStore {
-    fn save(&self, meta: &SnapshotMeta, data: Bytes) -> Result<(), StorageError> {
-        Ok(self.save_inner(meta, &data)?)
+    fn writer(&self, meta: &SnapshotMeta) -> Result<Box<dyn SnapshotWriter>, StorageError> {
+        Ok(Box::new(self.writer_inner(meta)?))
     }
 
-    fn load(&self, last: LogId) -> Result<Option<Bytes>, StorageError> {
-        Ok(self.load_inner(last)?)
+    fn reader(&self, last: LogId) -> Result<Option<SnapshotReader>, StorageError> {
+        Ok(self.reader_inner(last)?)
     }
 
     fn list(&self) -> Result<Vec<SnapshotMeta>, StorageError> {

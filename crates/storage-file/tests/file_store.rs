@@ -463,3 +463,67 @@ fn a_corrupt_snapshot_is_detected_and_names_the_file() {
     assert!(matches!(s.load(id), Err(StorageError::Corrupt { .. })));
     assert!(matches!(s.list(), Err(StorageError::Corrupt { .. })));
 }
+
+#[test]
+fn a_snapshot_streams_in_and_out_through_a_temporary_file_that_only_commit_publishes() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let s = FileSnapshotStore::open(dir.path()).unwrap();
+    let tmp_files = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".snap.tmp")
+            })
+            .count()
+    };
+    let id = LogId::new(5, 50);
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+
+    // Abandoned before `finish`, or staged and dropped: nothing is published or left over.
+    let mut w = s.writer(&meta(5, 50)).unwrap();
+    w.write_all(&data[..1000]).unwrap();
+    assert_eq!(tmp_files(), 1);
+    drop(w);
+    assert_eq!(tmp_files(), 0);
+    let mut w = s.writer(&meta(5, 50)).unwrap();
+    w.write_all(&data).unwrap();
+    let staged = w.finish().unwrap();
+    assert!(s.reader(id).unwrap().is_none() && s.list().unwrap().is_empty());
+    drop(staged);
+    assert_eq!(tmp_files(), 0);
+
+    // Written in pieces, read back from the staged file, then committed.
+    let mut w = s.writer(&meta(5, 50)).unwrap();
+    for piece in data.chunks(70_001) {
+        w.write_all(piece).unwrap();
+    }
+    let staged = w.finish().unwrap();
+    let mut back = Vec::new();
+    let mut r = staged.reader().unwrap();
+    assert_eq!(r.len(), data.len() as u64);
+    r.read_to_end(&mut back).unwrap();
+    assert!(back == data, "staged read-back differs");
+    staged.commit().unwrap();
+    assert_eq!(tmp_files(), 0);
+    assert_eq!(s.list().unwrap(), vec![meta(5, 50)]);
+    let mut r = s.reader(id).unwrap().unwrap();
+    let mut back = Vec::new();
+    r.read_to_end(&mut back).unwrap();
+    assert!(back == data, "committed read-back differs");
+
+    // Damage in the data is found when the reader reaches the end, as a Corrupt error
+    // naming the file.
+    let path = s.path_of(id);
+    let name = path.file_name().unwrap().to_str().unwrap().to_string();
+    flip(&path, 2_000_000);
+    let mut r = s.reader(id).unwrap().unwrap();
+    let err = r.read_to_end(&mut Vec::new()).unwrap_err();
+    let err = lockstep_core::storage::storage_error_from_io(err, "reading");
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains(&name), "{err}");
+}

@@ -6,8 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use lockstep_core::runtime::{Node, NodeInbox, NodeStatus};
+use lockstep_core::runtime::{Node, NodeInbox, NodeStatus, SnapshotReceiveError};
 use lockstep_core::{ClientError as CoreClientError, Message, MessageBody, NodeError, NodeId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -383,26 +382,41 @@ impl PeerService {
                 self.shared.max_snapshot_bytes
             )));
         }
-        let mut buf = BytesMut::with_capacity(total.min(64 << 20) as usize);
+        let msg = Message {
+            from: h.from,
+            to: h.to,
+            term: begin.term,
+            body: MessageBody::InstallSnapshot { meta },
+        };
+        let refused = |e: SnapshotReceiveError| {
+            Status::failed_precondition(format!("snapshot not installed: {e}"))
+        };
+        // Each chunk goes on to the node as it arrives (verified and written to the snapshot
+        // store's temporary file there): the snapshot is never gathered in memory.
+        let Some(mut receiver) = self.inbox.snapshot_receiver(msg).await.map_err(refused)? else {
+            // This node already holds the snapshot (a resend while it installs): answered
+            // at once, without the data.
+            return Ok(0);
+        };
+        let mut crc = 0u32;
         loop {
+            let got = receiver.received();
             let frame = self.next(&mut stream).await?.ok_or_else(|| {
                 bad(format!(
-                    "ended after {} of {total} bytes without an `end` frame",
-                    buf.len()
+                    "ended after {got} of {total} bytes without an `end` frame"
                 ))
             })?;
             match frame.frame {
                 None => return Err(bad("a chunk without `frame`".into())),
                 Some(Frame::Begin(_)) => return Err(bad("a second `begin` frame".into())),
                 Some(Frame::Data(d)) => {
-                    if d.offset != buf.len() as u64 {
+                    if d.offset != got {
                         return Err(bad(format!(
-                            "data.offset is {} but {} bytes were received",
-                            d.offset,
-                            buf.len()
+                            "data.offset is {} but {got} bytes were received",
+                            d.offset
                         )));
                     }
-                    if buf.len() as u64 + d.data.len() as u64 > total {
+                    if got + d.data.len() as u64 > total {
                         return Err(bad(format!("more data than total_len ({total} bytes)")));
                     }
                     if crc32c::crc32c(&d.data) != d.crc32c {
@@ -411,13 +425,14 @@ impl PeerService {
                             d.offset
                         )));
                     }
-                    buf.extend_from_slice(&d.data);
+                    crc = crc32c::crc32c_append(crc, &d.data);
+                    receiver.write(d.data).await.map_err(refused)?;
                 }
                 Some(Frame::End(end)) => {
-                    if buf.len() as u64 != total {
-                        return Err(bad(format!("`end` after {} of {total} bytes", buf.len())));
+                    if got != total {
+                        return Err(bad(format!("`end` after {got} of {total} bytes")));
                     }
-                    if crc32c::crc32c(&buf) != end.crc32c {
+                    if crc != end.crc32c {
                         return Err(Status::data_loss(
                             "the snapshot fails its whole-data CRC-32C check",
                         ));
@@ -426,16 +441,7 @@ impl PeerService {
                 }
             }
         }
-        let msg = Message {
-            from: h.from,
-            to: h.to,
-            term: begin.term,
-            body: MessageBody::InstallSnapshot { meta },
-        };
-        self.inbox
-            .deliver_snapshot(msg, buf.freeze())
-            .await
-            .map_err(|e| Status::failed_precondition(format!("snapshot not installed: {e}")))?;
+        receiver.finish().await.map_err(refused)?;
         Ok(total)
     }
 }

@@ -17,8 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use lockstep_core::{Message, MessageBody, NodeId, Transport, TransportError};
+use lockstep_core::{Message, MessageBody, NodeId, SnapshotReader, Transport, TransportError};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -443,12 +442,8 @@ impl GrpcTransport {
             .clone())
     }
 
-    /// The frames of one snapshot transfer.
-    fn snapshot_frames(
-        &self,
-        msg: &Message,
-        data: &Bytes,
-    ) -> Result<Vec<pb::SnapshotChunk>, TransportError> {
+    /// The `begin` frame of one snapshot transfer of `len` bytes.
+    fn snapshot_begin(&self, msg: &Message, len: u64) -> Result<pb::SnapshotChunk, TransportError> {
         use pb::snapshot_chunk::Frame;
         let MessageBody::InstallSnapshot { meta } = &msg.body else {
             return Err(TransportError::Other(format!(
@@ -456,36 +451,59 @@ impl GrpcTransport {
                 msg.body.kind()
             )));
         };
-        let chunk = self.inner.cfg.snapshot_chunk_bytes;
-        let mut frames = Vec::with_capacity(2 + data.len() / chunk);
-        frames.push(pb::SnapshotChunk {
+        Ok(pb::SnapshotChunk {
             frame: Some(Frame::Begin(pb::SnapshotBegin {
                 header: Some(header(&self.inner.cfg.cluster_id, msg.from, msg.to)),
                 term: msg.term,
                 meta: Some(snapshot_meta_to_proto(meta)),
-                total_len: data.len() as u64,
+                total_len: len,
             })),
-        });
-        let mut offset = 0;
-        while offset < data.len() {
-            let end = (offset + chunk).min(data.len());
-            let piece = data.slice(offset..end);
-            frames.push(pb::SnapshotChunk {
-                frame: Some(Frame::Data(pb::SnapshotData {
-                    offset: offset as u64,
-                    crc32c: crc32c::crc32c(&piece),
-                    data: piece,
-                })),
-            });
-            offset = end;
-        }
-        frames.push(pb::SnapshotChunk {
-            frame: Some(Frame::End(pb::SnapshotEnd {
-                crc32c: crc32c::crc32c(data),
-            })),
-        });
-        Ok(frames)
+        })
     }
+}
+
+/// Frames of a snapshot transfer queued ahead of the network: with 1 MiB chunks, at most a
+/// few MiB of a snapshot are in this process at a time, whatever its size.
+const SNAPSHOT_QUEUE: usize = 2;
+
+/// Reads the snapshot chunk by chunk and queues its frames: `begin`, the data with each
+/// chunk's CRC-32C, then `end` with the CRC-32C of the whole. A read error stops it before
+/// `end` (so the receiver refuses the transfer) and is returned.
+async fn pump_snapshot(
+    begin: pb::SnapshotChunk,
+    mut data: SnapshotReader,
+    chunk: usize,
+    tx: mpsc::Sender<pb::SnapshotChunk>,
+) -> Result<u64, String> {
+    use pb::snapshot_chunk::Frame;
+    let gone = |_| "the transfer ended early".to_string();
+    tx.send(begin).await.map_err(gone)?;
+    let mut crc = 0u32;
+    let mut offset = 0u64;
+    while let Some(piece) = data
+        .next_chunk(chunk)
+        .await
+        .map_err(|e| format!("reading the snapshot: {e}"))?
+    {
+        crc = crc32c::crc32c_append(crc, &piece);
+        let len = piece.len() as u64;
+        tx.send(pb::SnapshotChunk {
+            frame: Some(Frame::Data(pb::SnapshotData {
+                offset,
+                crc32c: crc32c::crc32c(&piece),
+                data: piece,
+            })),
+        })
+        .await
+        .map_err(gone)?;
+        offset += len;
+    }
+    tx.send(pb::SnapshotChunk {
+        frame: Some(Frame::End(pb::SnapshotEnd { crc32c: crc })),
+    })
+    .await
+    .map_err(gone)?;
+    Ok(offset)
 }
 
 #[async_trait]
@@ -518,29 +536,45 @@ impl Transport for GrpcTransport {
         }
     }
 
-    async fn send_snapshot(&self, msg: Message, data: Bytes) -> Result<(), TransportError> {
+    async fn send_snapshot(
+        &self,
+        msg: Message,
+        data: SnapshotReader,
+    ) -> Result<(), TransportError> {
         let to = msg.to;
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(TransportError::Other("transport closed".into()));
         }
-        let frames = self.snapshot_frames(&msg, &data)?;
+        let begin = self.snapshot_begin(&msg, data.len())?;
         let channel = self.snapshot_channel(to)?;
         let max = self.inner.cfg.max_message_bytes;
         let timeout = self.inner.cfg.snapshot_timeout;
         let mut client = PeerClient::new(channel)
             .max_encoding_message_size(max)
             .max_decoding_message_size(max);
-        let mut req = tonic::Request::new(tokio_stream::iter(frames));
+        // The data streams from the snapshot file into the call through a short queue.
+        let (tx, rx) = mpsc::channel(SNAPSHOT_QUEUE);
+        let pump = tokio::spawn(pump_snapshot(
+            begin,
+            data,
+            self.inner.cfg.snapshot_chunk_bytes,
+            tx,
+        ));
+        let mut req = tonic::Request::new(ReceiverStream::new(rx));
         req.set_timeout(timeout);
         let started = Instant::now();
-        let res = tokio::time::timeout(timeout, client.install_snapshot(req))
-            .await
-            .map_err(|_| {
-                TransportError::Unreachable(
-                    to,
-                    format!("snapshot transfer timed out after {timeout:?}"),
-                )
-            })?;
+        let res = tokio::time::timeout(timeout, client.install_snapshot(req)).await;
+        // The call is over, so the queue's receiver is gone and the pump ends at once.
+        let pumped = match pump.await {
+            Ok(r) => r,
+            Err(e) => Err(format!("snapshot reader task failed: {e}")),
+        };
+        let res = res.map_err(|_| {
+            TransportError::Unreachable(
+                to,
+                format!("snapshot transfer timed out after {timeout:?}"),
+            )
+        })?;
         match res {
             Ok(ack) => {
                 tracing::info!(
@@ -552,10 +586,14 @@ impl Transport for GrpcTransport {
                 );
                 Ok(())
             }
-            Err(st) => Err(TransportError::Unreachable(
-                to,
-                format!("snapshot refused: {:?}: {}", st.code(), st.message()),
-            )),
+            Err(st) => match pumped {
+                // Our own read failed: that, not the peer's refusal of the cut stream, is why.
+                Err(e) if e.starts_with("reading") => Err(TransportError::Other(e)),
+                _ => Err(TransportError::Unreachable(
+                    to,
+                    format!("snapshot refused: {:?}: {}", st.code(), st.message()),
+                )),
+            },
         }
     }
 }

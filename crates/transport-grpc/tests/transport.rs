@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lockstep_core::{Message, MessageBody, SnapshotMeta, Transport, TransportError};
+use lockstep_core::{
+    Message, MessageBody, SnapshotMeta, SnapshotReader, Transport, TransportError,
+};
 use lockstep_transport_grpc::{GrpcConfig, GrpcError, GrpcTransport};
 
 fn cfg() -> GrpcConfig {
@@ -123,18 +125,23 @@ async fn snapshots_to_unknown_or_unreachable_peers_fail() {
         },
     };
     assert!(matches!(
-        t.send_snapshot(msg(9), Bytes::from_static(b"x")).await,
+        t.send_snapshot(msg(9), SnapshotReader::from_bytes(Bytes::from_static(b"x")))
+            .await,
         Err(TransportError::Unreachable(9, _))
     ));
     let r = tokio::time::timeout(
         Duration::from_secs(10),
-        t.send_snapshot(msg(2), Bytes::from(vec![1u8; 100 << 10])),
+        t.send_snapshot(
+            msg(2),
+            SnapshotReader::from_bytes(Bytes::from(vec![1u8; 100 << 10])),
+        ),
     )
     .await
     .expect("fails in time");
     assert!(matches!(r, Err(TransportError::Unreachable(2, _))), "{r:?}");
     assert!(matches!(
-        t.send_snapshot(heartbeat(2), Bytes::new()).await,
+        t.send_snapshot(heartbeat(2), SnapshotReader::from_bytes(Bytes::new()))
+            .await,
         Err(TransportError::Other(_))
     ));
 }

@@ -11,18 +11,20 @@ pub use self::policy::{
     SnapshotStats, TimeSince,
 };
 
+use std::io::Write;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use tokio::sync::Mutex;
 
 use crate::error::{CommandError, CommandResult, HandlerError, StorageError};
 use crate::membership::MembershipConfig;
 use crate::session::{SessionCheck, SessionTable};
 use crate::state_machine::{Command, StateMachine};
-use crate::storage::SnapshotStore;
+use crate::storage::{
+    storage_error_from_io, SnapshotReader, SnapshotStore, SnapshotWriter, StagedSnapshot,
+};
 use crate::types::{Entry, EntryPayload, Index, LogId, SnapshotMeta};
 
 /// Owns the state machine for the runtime. Calls arrive from one task, in log order.
@@ -50,15 +52,37 @@ pub trait StateMachineHandler: Send + Sync + 'static {
     /// new since the latest snapshot.
     async fn build_snapshot(&self) -> Result<Option<SnapshotMeta>, HandlerError>;
 
-    /// The stored snapshot data (envelope) to send to a follower.
-    async fn snapshot_data(&self, meta: &SnapshotMeta) -> Result<Bytes, HandlerError>;
+    /// Opens the stored snapshot (envelope) described by `meta` to send it to a follower.
+    async fn snapshot_reader(&self, meta: &SnapshotMeta) -> Result<SnapshotReader, HandlerError>;
 
-    /// Verifies a snapshot received from the leader and keeps it for [`Self::install_snapshot`].
-    async fn receive_snapshot(&self, meta: &SnapshotMeta, data: Bytes) -> Result<(), HandlerError>;
+    /// Starts receiving a snapshot from the leader: the transport pushes the data into the
+    /// returned sink as it arrives, and [`SnapshotSink::finish`] verifies it (checksum and
+    /// metadata) and keeps it for [`Self::install_snapshot`].
+    ///
+    /// `None` if the data is not needed: this snapshot was received and waits for its
+    /// installation, is being installed, or the applied state is already at or past it (a
+    /// leader resending a large snapshot whose installation takes a while).
+    async fn receive_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+    ) -> Result<Option<Box<dyn SnapshotSink>>, HandlerError>;
 
     /// Replaces the state with the received snapshot described by `meta` and stores it
     /// durably. On error the old state is intact.
     async fn install_snapshot(&self, meta: &SnapshotMeta) -> Result<(), HandlerError>;
+}
+
+/// Where a snapshot arriving from the leader goes, piece by piece
+/// ([`StateMachineHandler::receive_snapshot`]). Calls are blocking (they write to storage);
+/// async code runs them on a blocking thread. Dropping the sink before
+/// [`SnapshotSink::finish`] discards what was received.
+pub trait SnapshotSink: Send {
+    /// Takes the next piece of the snapshot. An error is final: the snapshot is rejected.
+    fn write(&mut self, chunk: &[u8]) -> Result<(), HandlerError>;
+
+    /// The snapshot is complete: verifies it and keeps it for installation. A snapshot that
+    /// fails verification is [`HandlerError::BadSnapshot`] and is discarded.
+    fn finish(self: Box<Self>) -> Result<(), HandlerError>;
 }
 
 /// What [`StateMachineHandler::open`] found.
@@ -83,6 +107,9 @@ struct Applied {
     snapshot: LogId,
 }
 
+/// A received, verified snapshot waiting for its installation.
+type Incoming = (SnapshotMeta, Box<dyn StagedSnapshot>);
+
 /// The standard [`StateMachineHandler`].
 pub struct DefaultStateMachineHandler {
     machine: Arc<dyn StateMachine>,
@@ -91,7 +118,11 @@ pub struct DefaultStateMachineHandler {
     keep: usize,
     state: Mutex<Applied>,
     applied: std::sync::atomic::AtomicU64,
-    incoming: StdMutex<Option<(SnapshotMeta, Bytes)>>,
+    /// The latest snapshot received from the leader and verified, staged in the store
+    /// until it is installed.
+    incoming: Arc<StdMutex<Option<Incoming>>>,
+    /// The snapshot being installed, if any.
+    installing: StdMutex<Option<LogId>>,
     /// One snapshot build at a time.
     building: Mutex<()>,
 }
@@ -118,7 +149,8 @@ impl DefaultStateMachineHandler {
                 snapshot: LogId::default(),
             }),
             applied: Default::default(),
-            incoming: StdMutex::new(None),
+            incoming: Arc::default(),
+            installing: StdMutex::new(None),
             building: Mutex::new(()),
         }
     }
@@ -135,30 +167,47 @@ impl DefaultStateMachineHandler {
         &self.machine
     }
 
-    fn load_envelope(&self, meta: &SnapshotMeta) -> Result<envelope::Envelope, HandlerError> {
-        let data = self
-            .store
-            .load(meta.last_log_id)?
-            .ok_or(HandlerError::MissingSnapshot(meta.last_log_id))?;
-        envelope::decode(&data, Some(meta)).map_err(|detail| HandlerError::BadSnapshot {
-            last_log_id: meta.last_log_id,
-            detail,
-        })
+    /// Checks a whole stored or staged snapshot (on a blocking thread) and returns its
+    /// header, without keeping the machine's data.
+    async fn verify(
+        &self,
+        meta: &SnapshotMeta,
+        reader: SnapshotReader,
+    ) -> Result<envelope::Header, HandlerError> {
+        let m = meta.clone();
+        tokio::task::spawn_blocking(move || envelope::verify(reader, Some(&m)))
+            .await
+            .map_err(|e| StorageError::Other(format!("snapshot verification task failed: {e}")))?
+            .map_err(|e| read_error(meta.last_log_id, e))
     }
 
+    fn stored(&self, meta: &SnapshotMeta) -> Result<SnapshotReader, HandlerError> {
+        self.store
+            .reader(meta.last_log_id)?
+            .ok_or(HandlerError::MissingSnapshot(meta.last_log_id))
+    }
+
+    /// Restores the machine from `reader` (an envelope already verified once): the machine
+    /// reads its data straight from the stream, checked again as it goes.
     async fn restore_from(
         &self,
         st: &mut Applied,
-        env: envelope::Envelope,
+        meta: &SnapshotMeta,
+        reader: SnapshotReader,
     ) -> Result<(), HandlerError> {
-        let mut reader: &[u8] = &env.machine;
-        self.machine
-            .restore(env.meta.last_log_id, &mut reader)
-            .await?;
-        st.last = env.meta.last_log_id;
-        st.membership = env.meta.membership.clone();
-        st.sessions = env.sessions;
-        st.snapshot = env.meta.last_log_id;
+        let last = meta.last_log_id;
+        let (header, mut input) =
+            envelope::EnvelopeReader::open(reader, Some(meta)).map_err(|e| read_error(last, e))?;
+        self.machine.restore(last, &mut input).await?;
+        if let Err(e) = input.finish() {
+            // Verified just before: only a change of the data under us gets here.
+            tracing::error!(snapshot = %last, error = %e, "snapshot changed while it was restored");
+            return Err(read_error(last, e));
+        }
+        st.last = last;
+        st.membership = header.meta.membership;
+        st.sessions = header.sessions;
+        st.snapshot = last;
         st.entries_since = 0;
         st.bytes_since = 0;
         st.since = Instant::now();
@@ -171,7 +220,7 @@ impl DefaultStateMachineHandler {
     /// a newer snapshot was stored but before it was recorded, and retention removed the
     /// named one — the newest stored snapshot past it.
     fn usable_snapshot(&self, named: &SnapshotMeta) -> Result<SnapshotMeta, HandlerError> {
-        if self.store.load(named.last_log_id)?.is_some() {
+        if self.store.reader(named.last_log_id)?.is_some() {
             return Ok(named.clone());
         }
         let newer = self
@@ -228,19 +277,21 @@ impl StateMachineHandler for DefaultStateMachineHandler {
             None => None,
         };
         if let Some(meta) = &snapshot {
-            let env = self.load_envelope(meta)?;
+            // The whole snapshot is checked before anything is replaced.
+            let header = self.verify(meta, self.stored(meta)?).await?;
             let own = self.machine.last_applied().unwrap_or_default();
             if own.index >= meta.last_log_id.index {
                 // The machine persists itself and is already past the snapshot: keep its
                 // state, take the sessions and membership from the snapshot.
-                st.membership = env.meta.membership.clone();
-                st.sessions = env.sessions;
+                st.membership = header.meta.membership;
+                st.sessions = header.sessions;
                 st.snapshot = meta.last_log_id;
                 st.last = own;
                 self.applied
                     .store(own.index, std::sync::atomic::Ordering::Release);
             } else {
-                self.restore_from(&mut st, env).await?;
+                let reader = self.stored(meta)?;
+                self.restore_from(&mut st, meta, reader).await?;
             }
         } else if let Some(own) = self.machine.last_applied() {
             st.last = own;
@@ -340,7 +391,8 @@ impl StateMachineHandler for DefaultStateMachineHandler {
 
     async fn build_snapshot(&self) -> Result<Option<SnapshotMeta>, HandlerError> {
         let _one_at_a_time = self.building.lock().await;
-        let (meta, data) = {
+        let writing = |e| storage_error_from_io(e, "writing a snapshot");
+        let (meta, written) = {
             let mut st = self.state.lock().await;
             if st.last.index <= st.snapshot.index {
                 return Ok(None);
@@ -349,20 +401,23 @@ impl StateMachineHandler for DefaultStateMachineHandler {
                 last_log_id: st.last,
                 membership: st.membership.clone(),
             };
-            let mut buf = Vec::new();
-            self.machine.snapshot(&mut buf).await?;
-            let data = envelope::encode(&meta, &st.sessions, &buf);
+            // The machine writes straight into the store's writer, framed in the envelope:
+            // the snapshot is never held whole in memory.
+            let out = self.store.writer(&meta)?;
+            let mut env =
+                envelope::EnvelopeWriter::new(out, &meta, &st.sessions).map_err(writing)?;
+            self.machine.snapshot(&mut env).await?;
+            let written = env.finish().map_err(writing)?;
             st.snapshot = st.last;
             st.entries_since = 0;
             st.bytes_since = 0;
             st.since = Instant::now();
-            (meta, data)
+            (meta, written)
         };
         let store = self.store.clone();
         let keep = self.keep;
-        let m = meta.clone();
         tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
-            store.save(&m, data)?;
+            written.finish()?.commit()?;
             store.retain(keep)
         })
         .await
@@ -372,49 +427,150 @@ impl StateMachineHandler for DefaultStateMachineHandler {
         Ok(Some(meta))
     }
 
-    async fn snapshot_data(&self, meta: &SnapshotMeta) -> Result<Bytes, HandlerError> {
-        self.store
-            .load(meta.last_log_id)?
-            .ok_or(HandlerError::MissingSnapshot(meta.last_log_id))
+    async fn snapshot_reader(&self, meta: &SnapshotMeta) -> Result<SnapshotReader, HandlerError> {
+        self.stored(meta)
     }
 
-    async fn receive_snapshot(&self, meta: &SnapshotMeta, data: Bytes) -> Result<(), HandlerError> {
-        envelope::decode(&data, Some(meta)).map_err(|detail| HandlerError::BadSnapshot {
-            last_log_id: meta.last_log_id,
-            detail,
-        })?;
-        if let Ok(mut g) = self.incoming.lock() {
-            *g = Some((meta.clone(), data));
+    async fn receive_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+    ) -> Result<Option<Box<dyn SnapshotSink>>, HandlerError> {
+        let last = meta.last_log_id;
+        let staged = self
+            .incoming
+            .lock()
+            .is_ok_and(|g| g.as_ref().is_some_and(|(m, _)| m == meta));
+        let installing = self.installing.lock().is_ok_and(|g| *g == Some(last));
+        if staged || installing || self.applied() >= last.index {
+            tracing::debug!(snapshot = %last, staged, installing, applied = self.applied(), "snapshot data not needed");
+            return Ok(None);
         }
-        Ok(())
+        let store = self.store.clone();
+        let m = meta.clone();
+        let out = tokio::task::spawn_blocking(move || store.writer(&m))
+            .await
+            .map_err(|e| StorageError::Other(format!("snapshot writer task failed: {e}")))??;
+        Ok(Some(Box::new(IncomingSink {
+            meta: meta.clone(),
+            verifier: envelope::Verifier::new(meta.clone()),
+            out,
+            slot: self.incoming.clone(),
+            failed: false,
+        })))
     }
 
     async fn install_snapshot(&self, meta: &SnapshotMeta) -> Result<(), HandlerError> {
-        let data = self
+        let staged = self
             .incoming
             .lock()
             .ok()
-            .and_then(|mut g| g.take())
-            .filter(|(m, _)| m == meta)
-            .map(|(_, d)| d)
+            .and_then(|mut g| g.take_if(|(m, _)| m == meta))
+            .map(|(_, s)| s)
             .ok_or(HandlerError::MissingSnapshot(meta.last_log_id))?;
-        let env =
-            envelope::decode(&data, Some(meta)).map_err(|detail| HandlerError::BadSnapshot {
-                last_log_id: meta.last_log_id,
-                detail,
-            })?;
+        let _installing = Installing::mark(&self.installing, meta.last_log_id);
+        // Checked as it arrived; checked again as a whole before anything is replaced.
+        self.verify(meta, staged.reader()?).await?;
         let mut st = self.state.lock().await;
-        self.restore_from(&mut st, env).await?;
+        self.restore_from(&mut st, meta, staged.reader()?).await?;
         let store = self.store.clone();
         let keep = self.keep;
-        let m = meta.clone();
         tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
-            store.save(&m, data)?;
+            staged.commit()?;
             store.retain(keep)
         })
         .await
         .map_err(|e| StorageError::Other(format!("snapshot writer task failed: {e}")))??;
         tracing::info!(snapshot = %meta.last_log_id, "snapshot installed");
+        Ok(())
+    }
+}
+
+/// Marks a snapshot as being installed until dropped.
+struct Installing<'a>(&'a StdMutex<Option<LogId>>);
+
+impl<'a> Installing<'a> {
+    fn mark(slot: &'a StdMutex<Option<LogId>>, last: LogId) -> Self {
+        if let Ok(mut g) = slot.lock() {
+            *g = Some(last);
+        }
+        Self(slot)
+    }
+}
+
+impl Drop for Installing<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = None;
+        }
+    }
+}
+
+/// Maps a failed read of a stored or received envelope: the store's own errors stay
+/// storage errors; malformed or damaged data rejects the snapshot.
+fn read_error(last: LogId, e: std::io::Error) -> HandlerError {
+    if e.get_ref().is_some_and(|i| i.is::<StorageError>()) {
+        return HandlerError::Storage(storage_error_from_io(e, "reading a snapshot"));
+    }
+    match e.kind() {
+        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
+            HandlerError::BadSnapshot {
+                last_log_id: last,
+                detail: e.to_string(),
+            }
+        }
+        _ => HandlerError::Storage(StorageError::io(format!("reading snapshot {last}"), e)),
+    }
+}
+
+/// A snapshot arriving from the leader: verified piece by piece while it is written to the
+/// store's writer; staged (durable, not yet in the store) once complete and intact.
+struct IncomingSink {
+    meta: SnapshotMeta,
+    verifier: envelope::Verifier,
+    out: Box<dyn SnapshotWriter>,
+    slot: Arc<StdMutex<Option<Incoming>>>,
+    failed: bool,
+}
+
+impl IncomingSink {
+    fn bad(&self, detail: String) -> HandlerError {
+        HandlerError::BadSnapshot {
+            last_log_id: self.meta.last_log_id,
+            detail,
+        }
+    }
+}
+
+impl SnapshotSink for IncomingSink {
+    fn write(&mut self, chunk: &[u8]) -> Result<(), HandlerError> {
+        if self.failed {
+            return Err(self.bad("an earlier piece was rejected".into()));
+        }
+        let r = match self.verifier.push(chunk) {
+            Err(detail) => Err(self.bad(detail)),
+            Ok(()) => self
+                .out
+                .write_all(chunk)
+                .map_err(|e| storage_error_from_io(e, "writing a received snapshot").into()),
+        };
+        self.failed = r.is_err();
+        r
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), HandlerError> {
+        let this = *self;
+        if this.failed {
+            return Err(this.bad("an earlier piece was rejected".into()));
+        }
+        this.verifier.finish().map_err(|d| this.bad(d))?;
+        let staged = this.out.finish()?;
+        // Replaces (and so discards) a snapshot received earlier and never installed.
+        let old = this
+            .slot
+            .lock()
+            .map_err(|_| StorageError::Other("incoming snapshot lock poisoned".into()))?
+            .replace((this.meta, staged));
+        drop(old);
         Ok(())
     }
 }

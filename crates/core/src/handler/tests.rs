@@ -51,6 +51,32 @@ fn handler(
     (h, m, store)
 }
 
+/// The stored snapshot's bytes, read through the streaming reader.
+async fn data_of(h: &DefaultStateMachineHandler, meta: &SnapshotMeta) -> Bytes {
+    use std::io::Read;
+    let mut r = h.snapshot_reader(meta).await.unwrap();
+    let mut v = Vec::new();
+    r.read_to_end(&mut v).unwrap();
+    assert_eq!(v.len() as u64, r.len());
+    Bytes::from(v)
+}
+
+/// Pushes a snapshot into `h` in small pieces, as a transport does.
+async fn receive(
+    h: &DefaultStateMachineHandler,
+    meta: &SnapshotMeta,
+    data: &[u8],
+) -> Result<(), HandlerError> {
+    let mut sink = h
+        .receive_snapshot(meta)
+        .await?
+        .expect("the handler wants the data");
+    for piece in data.chunks(7) {
+        sink.write(piece)?;
+    }
+    sink.finish()
+}
+
 fn cmd(index: Index, data: &'static [u8], session: Option<(u64, u64)>) -> Entry {
     Entry {
         log_id: LogId::new(1, index),
@@ -142,18 +168,23 @@ async fn a_corrupt_snapshot_from_the_leader_is_refused_before_anything_is_replac
         .await
         .unwrap();
     let meta = leader.build_snapshot().await.unwrap().unwrap();
-    let data = leader.snapshot_data(&meta).await.unwrap();
+    let data = data_of(&leader, &meta).await;
 
-    let (follower, fm, _) = handler(Never);
+    let (follower, fm, fstore) = handler(Never);
     follower.apply(&[cmd(1, b"q", None)]).await.unwrap();
     let mut bad = data.to_vec();
     let mid = bad.len() / 2;
     bad[mid] ^= 1;
-    let err = follower
-        .receive_snapshot(&meta, Bytes::from(bad))
+    let err = receive(&follower, &meta, &bad).await.unwrap_err();
+    assert!(err.to_string().contains("checksum"), "{err}");
+    // Cut short, or with bytes after the end: refused too.
+    let err = receive(&follower, &meta, &data[..data.len() - 3])
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("checksum"), "{err}");
+    assert!(err.to_string().contains("truncated"), "{err}");
+    let mut long = data.to_vec();
+    long.push(0);
+    assert!(receive(&follower, &meta, &long).await.is_err());
     assert!(
         follower.install_snapshot(&meta).await.is_err(),
         "nothing to install"
@@ -164,25 +195,50 @@ async fn a_corrupt_snapshot_from_the_leader_is_refused_before_anything_is_replac
         "old state intact"
     );
 
-    follower.receive_snapshot(&meta, data).await.unwrap();
+    assert!(
+        fstore.list().unwrap().is_empty(),
+        "nothing rejected was stored"
+    );
+
+    receive(&follower, &meta, &data).await.unwrap();
+    assert!(
+        fstore.list().unwrap().is_empty(),
+        "a received snapshot is staged, not stored, until it is installed"
+    );
+    assert!(
+        follower.receive_snapshot(&meta).await.unwrap().is_none(),
+        "a resent snapshot already received needs no data"
+    );
     follower.install_snapshot(&meta).await.unwrap();
+    assert!(
+        follower.receive_snapshot(&meta).await.unwrap().is_none(),
+        "nor one already installed"
+    );
     assert_eq!(fm.0.lock().unwrap().len(), 2);
     assert_eq!(follower.applied(), 2);
+    assert_eq!(fstore.load(meta.last_log_id).unwrap(), Some(data));
 }
 
 #[tokio::test]
 async fn a_snapshot_the_machine_cannot_restore_leaves_the_old_state_and_applied_index() {
     let (h, m, _) = handler(Never);
-    h.apply(&[cmd(1, b"!bad", None)]).await.unwrap();
+    // Past the follower's applied index (a snapshot it is at or past is not needed at all).
+    h.apply(&[cmd(1, b"!bad", None), cmd(2, b"y", None)])
+        .await
+        .unwrap();
     let meta = h.build_snapshot().await.unwrap().unwrap();
-    let data = h.snapshot_data(&meta).await.unwrap();
+    let data = data_of(&h, &meta).await;
 
-    let (f, fm, _) = handler(Never);
+    let (f, fm, fstore) = handler(Never);
     f.apply(&[cmd(1, b"keep", None)]).await.unwrap();
-    f.receive_snapshot(&meta, data).await.unwrap();
+    receive(&f, &meta, &data).await.unwrap();
     assert!(f.install_snapshot(&meta).await.is_err());
     assert_eq!(*fm.0.lock().unwrap(), vec![b"keep".to_vec()]);
     assert_eq!(f.applied(), 1);
+    assert!(
+        fstore.list().unwrap().is_empty(),
+        "a failed install stores nothing"
+    );
     drop(m);
 }
 
@@ -221,4 +277,52 @@ async fn a_missing_recorded_snapshot_falls_back_to_a_newer_stored_one() {
         matches!(err, HandlerError::MissingSnapshot(id) if id == old.last_log_id),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_stored_snapshot_damaged_at_rest_is_refused_at_open_before_anything_is_replaced() {
+    let (h, _, store) = handler(Never);
+    h.apply(&[cmd(1, b"a", None), cmd(2, b"b", None)])
+        .await
+        .unwrap();
+    let meta = h.build_snapshot().await.unwrap().unwrap();
+    let mut data = store.load(meta.last_log_id).unwrap().unwrap().to_vec();
+    // The last byte of the machine's data (before the end frame and the checksum).
+    let n = data.len();
+    data[n - 9] ^= 0x10;
+    let damaged = MemSnapshotStore::new();
+    damaged.save(&meta, Bytes::from(data)).unwrap();
+    let m2 = Arc::new(Log::default());
+    m2.0.lock().unwrap().push(b"old".to_vec());
+    let h2 = DefaultStateMachineHandler::new(
+        Arc::new(crate::state_machine::SharedStateMachine(m2.clone())),
+        Arc::new(damaged),
+        Never,
+    );
+    let err = h2.open(Some(&meta)).await.unwrap_err();
+    assert!(
+        matches!(err, HandlerError::BadSnapshot { .. }) && err.to_string().contains("checksum"),
+        "{err}"
+    );
+    assert_eq!(*m2.0.lock().unwrap(), vec![b"old".to_vec()]);
+}
+
+#[tokio::test]
+async fn a_large_machine_snapshot_round_trips_through_the_streaming_envelope() {
+    let (h, m, store) = handler(Never);
+    // Large enough for many envelope frames.
+    let big: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let big: &'static [u8] = Box::leak(big.into_boxed_slice());
+    h.apply(&[cmd(1, big, None), cmd(2, b"tail", None)])
+        .await
+        .unwrap();
+    let meta = h.build_snapshot().await.unwrap().unwrap();
+    let m2 = Arc::new(Log::default());
+    let h2 = DefaultStateMachineHandler::new(
+        Arc::new(crate::state_machine::SharedStateMachine(m2.clone())),
+        Arc::new(store),
+        Never,
+    );
+    assert_eq!(h2.open(Some(&meta)).await.unwrap().applied, 2);
+    assert_eq!(*m2.0.lock().unwrap(), *m.0.lock().unwrap());
 }

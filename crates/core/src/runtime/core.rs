@@ -1,9 +1,9 @@
 //! The core task: owns the protocol, feeds it inputs and executes its actions mechanically.
 //! It makes no protocol decision of its own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
@@ -19,7 +19,7 @@ use crate::handler::StateMachineHandler;
 use crate::message::{Message, MessageBody};
 use crate::raft::Raft;
 use crate::transport::Transport;
-use crate::types::RequestId;
+use crate::types::{NodeId, RequestId};
 
 pub(crate) struct Core {
     pub(crate) raft: Raft,
@@ -45,6 +45,8 @@ pub(crate) struct Core {
     pub(crate) killed: Arc<AtomicBool>,
     /// Why the node must stop, found while executing actions.
     pub(crate) fatal: Option<String>,
+    /// Peers a snapshot is being sent to right now.
+    pub(crate) snapshot_sends: Arc<Mutex<HashSet<NodeId>>>,
 }
 
 /// A log store written on the core task, and the writes queued for it.
@@ -73,6 +75,26 @@ async fn applier_op(rx: &mut Option<mpsc::UnboundedReceiver<LogOp>>) -> Option<L
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Marks a snapshot transfer to a peer as running until dropped.
+struct SnapshotSend(Arc<Mutex<HashSet<NodeId>>>, NodeId);
+
+impl SnapshotSend {
+    /// None if a transfer to `to` is already running.
+    fn start(sends: &Arc<Mutex<HashSet<NodeId>>>, to: NodeId) -> Option<Self> {
+        let mut s = sends.lock().unwrap_or_else(|p| p.into_inner());
+        s.insert(to).then(|| Self(sends.clone(), to))
+    }
+}
+
+impl Drop for SnapshotSend {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
     }
 }
 
@@ -314,12 +336,19 @@ impl Core {
     fn send(&self, msg: Message) {
         if let MessageBody::InstallSnapshot { meta } = &msg.body {
             let meta = meta.clone();
+            let to = msg.to;
+            // One transfer per peer at a time: the protocol resends a snapshot it heard
+            // nothing about for a while, and a large one may still be on its way.
+            let Some(running) = SnapshotSend::start(&self.snapshot_sends, to) else {
+                tracing::debug!(to, snapshot = %meta.last_log_id, "a snapshot transfer to this peer is running; resend skipped");
+                return;
+            };
             let handler = self.handler.clone();
             let transport = self.transport.clone();
             let me = self.me.clone();
-            let to = msg.to;
             tokio::spawn(async move {
-                let sent = match handler.snapshot_data(&meta).await {
+                let _running = running;
+                let sent = match handler.snapshot_reader(&meta).await {
                     Ok(data) => transport
                         .send_snapshot(msg, data)
                         .await

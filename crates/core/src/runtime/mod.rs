@@ -36,7 +36,7 @@ use self::input::Input;
 use crate::config::RaftConfig;
 use crate::error::{HandlerError, NodeError, StorageError};
 use crate::event::ReadConsistency;
-use crate::handler::StateMachineHandler;
+use crate::handler::{SnapshotSink, StateMachineHandler};
 use crate::membership::{MembershipChange, MembershipConfig};
 use crate::message::{Message, MessageBody};
 use crate::raft::{InitError, InitialState, Raft, Role};
@@ -121,20 +121,145 @@ impl NodeInbox {
             .map_err(|_| NodeError::Stopped("node is not running".into()))
     }
 
-    /// Delivers an `InstallSnapshot` message with its data; the data is verified (checksum
-    /// and metadata) before the protocol sees the message.
-    pub async fn deliver_snapshot(&self, msg: Message, data: Bytes) -> Result<(), String> {
+    /// Starts receiving the data of an `InstallSnapshot` message: the transport pushes the
+    /// snapshot into the returned receiver chunk by chunk as it arrives (it is verified and
+    /// written to the snapshot store's temporary file as it goes, never held whole in
+    /// memory), and [`SnapshotReceiver::finish`] delivers the message to the protocol once
+    /// the whole snapshot verified.
+    ///
+    /// `None` when the node needs no data because it already holds this snapshot (received
+    /// and waiting, being installed, or its state is past it; see
+    /// [`StateMachineHandler::receive_snapshot`]): the message is delivered at once, and the
+    /// transport reports the transfer as done without sending the data.
+    pub async fn snapshot_receiver(
+        &self,
+        msg: Message,
+    ) -> Result<Option<SnapshotReceiver>, SnapshotReceiveError> {
         let MessageBody::InstallSnapshot { meta } = &msg.body else {
-            return Err(format!(
-                "{} is not an InstallSnapshot message",
-                msg.body.kind()
-            ));
+            return Err(SnapshotReceiveError::NotInstallSnapshot(msg.body.kind()));
         };
-        self.handler
-            .receive_snapshot(meta, data)
+        if msg.to != self.id {
+            return Err(NodeError::Stopped(format!(
+                "message for node {} delivered to node {}",
+                msg.to, self.id
+            ))
+            .into());
+        }
+        if self.tx.is_closed() {
+            return Err(NodeError::Stopped("node is not running".into()).into());
+        }
+        let Some(sink) = self.handler.receive_snapshot(meta).await? else {
+            self.deliver(msg)?;
+            return Ok(None);
+        };
+        Ok(Some(SnapshotReceiver {
+            inbox: self.clone(),
+            msg,
+            sink: Some(sink),
+            received: 0,
+        }))
+    }
+
+    /// Delivers an `InstallSnapshot` message with its data already in memory (a convenience
+    /// over [`NodeInbox::snapshot_receiver`]); the data is verified (checksum and metadata)
+    /// before the protocol sees the message.
+    pub async fn deliver_snapshot(
+        &self,
+        msg: Message,
+        data: Bytes,
+    ) -> Result<(), SnapshotReceiveError> {
+        let Some(mut r) = self.snapshot_receiver(msg).await? else {
+            return Ok(());
+        };
+        r.write(data).await?;
+        r.finish().await
+    }
+}
+
+/// Why a snapshot sent by a peer was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotReceiveError {
+    /// The message carrying it is not an `InstallSnapshot`.
+    #[error("{0} is not an InstallSnapshot message")]
+    NotInstallSnapshot(&'static str),
+    /// The snapshot failed verification, or could not be stored.
+    #[error("{0}")]
+    Handler(#[from] HandlerError),
+    /// An earlier chunk of this snapshot was refused; the transfer is over.
+    #[error("an earlier chunk of this snapshot was refused")]
+    Broken,
+    /// The node does not take the message (it is stopped, or the message is for another
+    /// node).
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+/// A snapshot being received for one `InstallSnapshot` message
+/// ([`NodeInbox::snapshot_receiver`]). Dropping it before [`SnapshotReceiver::finish`]
+/// abandons the transfer and discards what was received.
+pub struct SnapshotReceiver {
+    inbox: NodeInbox,
+    msg: Message,
+    sink: Option<Box<dyn SnapshotSink>>,
+    received: u64,
+}
+
+impl std::fmt::Debug for SnapshotReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotReceiver")
+            .field("node", &self.inbox.id)
+            .field("from", &self.msg.from)
+            .field("received", &self.received)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SnapshotReceiver {
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// The `InstallSnapshot` message the data belongs to.
+    pub fn message(&self) -> &Message {
+        &self.msg
+    }
+
+    /// Takes the next chunk of the snapshot (verified and written on a blocking thread). An
+    /// error is final.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), SnapshotReceiveError> {
+        let mut sink = self.sink.take().ok_or(SnapshotReceiveError::Broken)?;
+        let len = chunk.len() as u64;
+        let (sink, r) = tokio::task::spawn_blocking(move || {
+            let r = sink.write(&chunk);
+            (sink, r)
+        })
+        .await
+        .map_err(|e| {
+            HandlerError::Storage(StorageError::Other(format!(
+                "snapshot receiver task failed: {e}"
+            )))
+        })?;
+        r?;
+        self.sink = Some(sink);
+        self.received += len;
+        Ok(())
+    }
+
+    /// The snapshot is complete: verifies it, keeps it for installation and delivers the
+    /// message to the protocol.
+    pub async fn finish(mut self) -> Result<(), SnapshotReceiveError> {
+        let sink = self.sink.take().ok_or(SnapshotReceiveError::Broken)?;
+        tokio::task::spawn_blocking(move || sink.finish())
             .await
-            .map_err(|e| e.to_string())?;
-        self.deliver(msg).map_err(|e| e.to_string())
+            .map_err(|e| {
+                HandlerError::Storage(StorageError::Other(format!(
+                    "snapshot receiver task failed: {e}"
+                )))
+            })??;
+        let SnapshotReceiver { inbox, msg, .. } = self;
+        inbox.deliver(msg)?;
+        Ok(())
     }
 }
 
@@ -241,6 +366,7 @@ impl Node {
             inline,
             killed: killed.clone(),
             fatal: None,
+            snapshot_sends: Default::default(),
         };
         let tasks = vec![tokio::spawn(applier.run()), tokio::spawn(core.run())];
         Ok(Node {

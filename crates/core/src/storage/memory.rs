@@ -3,11 +3,12 @@
 //! which is what tests of the runtime need.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use super::{LogStore, SnapshotStore, StoredLog};
+use super::{LogStore, SnapshotReader, SnapshotStore, SnapshotWriter, StagedSnapshot, StoredLog};
 use crate::error::StorageError;
 use crate::types::{Entry, HardState, Index, LogId, SnapshotMeta, Term};
 
@@ -255,13 +256,19 @@ impl MemSnapshotStore {
 }
 
 impl SnapshotStore for MemSnapshotStore {
-    fn save(&self, meta: &SnapshotMeta, data: Bytes) -> Result<(), StorageError> {
-        self.lock()?.insert(meta.last_log_id, (meta.clone(), data));
-        Ok(())
+    fn writer(&self, meta: &SnapshotMeta) -> Result<Box<dyn SnapshotWriter>, StorageError> {
+        Ok(Box::new(MemSnapshotWriter {
+            store: self.clone(),
+            meta: meta.clone(),
+            buf: Vec::new(),
+        }))
     }
 
-    fn load(&self, last: LogId) -> Result<Option<Bytes>, StorageError> {
-        Ok(self.lock()?.get(&last).map(|(_, d)| d.clone()))
+    fn reader(&self, last: LogId) -> Result<Option<SnapshotReader>, StorageError> {
+        Ok(self
+            .lock()?
+            .get(&last)
+            .map(|(_, d)| SnapshotReader::from_bytes(d.clone())))
     }
 
     fn list(&self) -> Result<Vec<SnapshotMeta>, StorageError> {
@@ -273,6 +280,54 @@ impl SnapshotStore for MemSnapshotStore {
         while s.len() > keep {
             s.pop_first();
         }
+        Ok(())
+    }
+}
+
+/// A snapshot being written into a [`MemSnapshotStore`].
+struct MemSnapshotWriter {
+    store: MemSnapshotStore,
+    meta: SnapshotMeta,
+    buf: Vec<u8>,
+}
+
+impl Write for MemSnapshotWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SnapshotWriter for MemSnapshotWriter {
+    fn finish(self: Box<Self>) -> Result<Box<dyn StagedSnapshot>, StorageError> {
+        let w = *self;
+        Ok(Box::new(MemStaged {
+            store: w.store,
+            meta: w.meta,
+            data: Bytes::from(w.buf),
+        }))
+    }
+}
+
+/// A complete snapshot not yet in its [`MemSnapshotStore`].
+struct MemStaged {
+    store: MemSnapshotStore,
+    meta: SnapshotMeta,
+    data: Bytes,
+}
+
+impl StagedSnapshot for MemStaged {
+    fn reader(&self) -> Result<SnapshotReader, StorageError> {
+        Ok(SnapshotReader::from_bytes(self.data.clone()))
+    }
+
+    fn commit(self: Box<Self>) -> Result<(), StorageError> {
+        let s = *self;
+        s.store.lock()?.insert(s.meta.last_log_id, (s.meta, s.data));
         Ok(())
     }
 }

@@ -6,10 +6,13 @@ mod channel;
 pub use channel::{ChannelNetwork, ChannelTransport};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 
 use crate::message::Message;
+use crate::storage::SnapshotReader;
 use crate::types::NodeId;
+
+/// Size of the chunks the in-process transport moves a snapshot in.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
 /// A transport failed to deliver.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +33,9 @@ pub trait Transport: Send + Sync + 'static {
     fn send(&self, msg: Message);
 
     /// Sends an `InstallSnapshot` message together with the snapshot's data (the handler's
-    /// self-checking envelope). Returns once the receiver has it, or with an error.
-    async fn send_snapshot(&self, msg: Message, data: Bytes) -> Result<(), TransportError>;
+    /// self-checking envelope), streamed from `data` in chunks (see
+    /// [`SnapshotReader::next_chunk`]): a transport never holds the whole snapshot in
+    /// memory. Returns once the receiver has it, or with an error.
+    async fn send_snapshot(&self, msg: Message, data: SnapshotReader)
+        -> Result<(), TransportError>;
 }
