@@ -364,3 +364,54 @@ async fn the_client_api_checks_cluster_version_and_values() {
         Err(ClientError::Unavailable(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_the_node_already_holds_is_answered_at_once_without_its_data() {
+    // A leader resending a large snapshot while the follower installs it (or after): the
+    // follower answers after `begin` and never reads the data. Here the node's applied
+    // index is already past the snapshot; the message itself (an old term) is ignored by
+    // the protocol.
+    use pb::snapshot_chunk::Frame;
+    let n = single_node().await;
+    let applied = n.node.status().applied;
+    assert!(applied >= 1);
+    let chunk = Bytes::from(vec![7u8; 32 << 10]);
+    let pieces = 256u64;
+    let mut frames = vec![pb::SnapshotChunk {
+        frame: Some(Frame::Begin(pb::SnapshotBegin {
+            header: header(CLUSTER, 2, 1, PROTOCOL_VERSION),
+            term: 0,
+            meta: Some(pb::SnapshotMeta {
+                last_log_id: Some(pb::LogId {
+                    term: 1,
+                    index: applied,
+                }),
+                membership: Some(pb::Membership {
+                    voters: vec![1],
+                    outgoing: vec![],
+                    learners: vec![],
+                }),
+            }),
+            total_len: pieces * chunk.len() as u64,
+        })),
+    }];
+    for i in 0..pieces {
+        frames.push(pb::SnapshotChunk {
+            frame: Some(Frame::Data(pb::SnapshotData {
+                offset: i * chunk.len() as u64,
+                crc32c: crc32c::crc32c(&chunk),
+                data: chunk.clone(),
+            })),
+        });
+    }
+    let mut c = PeerClient::new(channel(&n).await);
+    let ack = tokio::time::timeout(
+        Duration::from_secs(5),
+        c.install_snapshot(tokio_stream::iter(frames)),
+    )
+    .await
+    .expect("answered in time")
+    .expect("accepted without the data");
+    assert_eq!(ack.get_ref().received, 0, "no data was taken");
+    assert!(n.node.status().stopped.is_none());
+}
