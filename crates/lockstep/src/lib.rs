@@ -40,7 +40,7 @@ pub use config::{BootstrapConfig, Config, ConfigError, StorageKind};
 
 pub use lockstep_core::handler::{
     BytesSince, DefaultStateMachineHandler, EntriesSince, Never, SnapshotPolicy, SnapshotPolicyExt,
-    StateMachineHandler, TimeSince,
+    SnapshotSink, StateMachineHandler, TimeSince,
 };
 pub use lockstep_core::runtime::cluster::{
     retryable, ClusterOptions, ClusterStorage, InProcessCluster, MemoryStorage, NodeStorage,
@@ -52,8 +52,8 @@ pub use lockstep_core::state_machine::{
 pub use lockstep_core::transport::{ChannelNetwork, Transport};
 pub use lockstep_core::{
     ClientError, ClientSession, CommandError, CommandResult, LogId, LogStore, MembershipChange,
-    MembershipConfig, NodeError, NodeId, RaftConfig, Role, SnapshotMeta, SnapshotStore,
-    StateMachineError, StorageError,
+    MembershipConfig, NodeError, NodeId, RaftConfig, Role, SnapshotMeta, SnapshotReader,
+    SnapshotStore, SnapshotWriter, StagedSnapshot, StateMachineError, StorageError,
 };
 
 /// The gRPC transport, server and the Rust [`grpc::Client`] (feature `grpc`).
