@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use plotters::coord::ranged1d::SegmentValue;
+use plotters::coord::combinators::LogCoord;
+use plotters::coord::ranged1d::{SegmentValue, SegmentedCoord};
+use plotters::coord::types::RangedCoordu32;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -54,21 +56,29 @@ fn height(rows: &[Row]) -> u32 {
     140 + 34 * rows.len() as u32
 }
 
-/// Horizontal bars of ops/s, one per row.
-fn throughput(path: &Path, title: &str, rows: &[Row]) -> Result<(), String> {
+/// A chart with one horizontal band per row (labelled with [`Row::label`]) over a log x axis.
+type Bands<'a> =
+    ChartContext<'a, BitMapBackend<'a>, Cartesian2d<LogCoord<f64>, SegmentedCoord<RangedCoordu32>>>;
+
+/// Draws the frame of a band chart over `range` into `path`, then `bars` into it (given the
+/// axis start), and writes the file.
+fn band_chart(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    rows: &[Row],
+    range: std::ops::Range<f64>,
+    bars: impl FnOnce(&mut Bands<'_>, f64) -> Result<(), String>,
+) -> Result<(), String> {
     let root = BitMapBackend::new(path, (1100, height(rows))).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let labels: Vec<String> = rows.iter().map(Row::label).collect();
-    let n = rows.len() as u32;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(44)
         .y_label_area_size(330)
-        .build_cartesian_2d(
-            log_range(rows.iter().map(|r| r.ops_per_sec)).log_scale(),
-            (0..n).into_segmented(),
-        )
+        .build_cartesian_2d(range.log_scale(), (0..rows.len() as u32).into_segmented())
         .map_err(err)?;
     let fmt = |v: &SegmentValue<u32>| match v {
         SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
@@ -79,34 +89,57 @@ fn throughput(path: &Path, title: &str, rows: &[Row]) -> Result<(), String> {
         .disable_y_mesh()
         .y_labels(rows.len())
         .y_label_formatter(&fmt)
-        .x_desc("operations per second (log scale)")
+        .x_desc(x_desc)
         .x_label_formatter(&|v| human(*v))
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(err)?;
     let x0 = chart.x_range().start;
-    chart
-        .draw_series(rows.iter().enumerate().map(|(i, r)| {
-            let i = i as u32;
-            Rectangle::new(
-                [
-                    (x0, SegmentValue::Exact(i)),
-                    (r.ops_per_sec.max(x0), SegmentValue::Exact(i + 1)),
-                ],
-                BLUE.mix(0.7).filled(),
-            )
-        }))
-        .map_err(err)?;
-    chart
-        .draw_series(rows.iter().enumerate().map(|(i, r)| {
-            Text::new(
-                format!(" {}", human(r.ops_per_sec)),
-                (r.ops_per_sec.max(x0), SegmentValue::CenterOf(i as u32)),
-                ("sans-serif", 13),
-            )
-        }))
-        .map_err(err)?;
+    bars(&mut chart, x0)?;
     root.present().map_err(err)
+}
+
+/// The band of row `i` from the axis start `x0` to `value`.
+fn band(i: usize, x0: f64, value: f64, color: RGBAColor) -> Rectangle<(f64, SegmentValue<u32>)> {
+    let i = i as u32;
+    Rectangle::new(
+        [
+            (x0, SegmentValue::Exact(i)),
+            (value.max(x0), SegmentValue::Exact(i + 1)),
+        ],
+        color.filled(),
+    )
+}
+
+/// Horizontal bars of ops/s, one per row.
+fn throughput(path: &Path, title: &str, rows: &[Row]) -> Result<(), String> {
+    let range = log_range(rows.iter().map(|r| r.ops_per_sec));
+    band_chart(
+        path,
+        title,
+        "operations per second (log scale)",
+        rows,
+        range,
+        |chart, x0| {
+            chart
+                .draw_series(
+                    rows.iter()
+                        .enumerate()
+                        .map(|(i, r)| band(i, x0, r.ops_per_sec, BLUE.mix(0.7))),
+                )
+                .map_err(err)?;
+            chart
+                .draw_series(rows.iter().enumerate().map(|(i, r)| {
+                    Text::new(
+                        format!(" {}", human(r.ops_per_sec)),
+                        (r.ops_per_sec.max(x0), SegmentValue::CenterOf(i as u32)),
+                        ("sans-serif", 13),
+                    )
+                }))
+                .map_err(err)?;
+            Ok(())
+        },
+    )
 }
 
 /// A latency series: name, colour, and the value it takes from a row.
@@ -114,65 +147,42 @@ type Series = (&'static str, RGBColor, fn(&Row) -> f64);
 
 /// Overlapping horizontal bars of p99.9, p99 and p50 latency, one group per row.
 fn latency(path: &Path, title: &str, rows: &[Row]) -> Result<(), String> {
-    let root = BitMapBackend::new(path, (1100, height(rows))).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let labels: Vec<String> = rows.iter().map(Row::label).collect();
-    let n = rows.len() as u32;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(44)
-        .y_label_area_size(330)
-        .build_cartesian_2d(
-            log_range(rows.iter().flat_map(|r| [r.p50_us, r.p999_us])).log_scale(),
-            (0..n).into_segmented(),
-        )
-        .map_err(err)?;
-    let fmt = |v: &SegmentValue<u32>| match v {
-        SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
-        _ => String::new(),
-    };
-    chart
-        .configure_mesh()
-        .disable_y_mesh()
-        .y_labels(rows.len())
-        .y_label_formatter(&fmt)
-        .x_desc("latency in µs (log scale)")
-        .x_label_formatter(&|v| human(*v))
-        .label_style(("sans-serif", 14))
-        .draw()
-        .map_err(err)?;
-    let x0 = chart.x_range().start;
-    let series: [Series; 3] = [
-        ("p99.9", RGBColor(250, 200, 150), |r| r.p999_us),
-        ("p99", RGBColor(240, 130, 60), |r| r.p99_us),
-        ("p50", RGBColor(170, 50, 20), |r| r.p50_us),
-    ];
-    for (name, color, value) in series {
-        chart
-            .draw_series(rows.iter().enumerate().map(|(i, r)| {
-                let i = i as u32;
-                Rectangle::new(
-                    [
-                        (x0, SegmentValue::Exact(i)),
-                        (value(r).max(x0), SegmentValue::Exact(i + 1)),
-                    ],
-                    color.filled(),
-                )
-            }))
-            .map_err(err)?
-            .label(name)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)
+    let range = log_range(rows.iter().flat_map(|r| [r.p50_us, r.p999_us]));
+    band_chart(
+        path,
+        title,
+        "latency in µs (log scale)",
+        rows,
+        range,
+        |chart, x0| {
+            let series: [Series; 3] = [
+                ("p99.9", RGBColor(250, 200, 150), |r| r.p999_us),
+                ("p99", RGBColor(240, 130, 60), |r| r.p99_us),
+                ("p50", RGBColor(170, 50, 20), |r| r.p50_us),
+            ];
+            for (name, color, value) in series {
+                chart
+                    .draw_series(
+                        rows.iter()
+                            .enumerate()
+                            .map(|(i, r)| band(i, x0, value(r), color.to_rgba())),
+                    )
+                    .map_err(err)?
+                    .label(name)
+                    .legend(move |(x, y)| {
+                        Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled())
+                    });
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .background_style(WHITE.mix(0.9))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 14))
+                .draw()
+                .map_err(err)
+        },
+    )
 }
 
 /// 1234567 -> "1.2M", 3400 -> "3.4k".

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use lockstep_core::error::{CommandError, CommandResult, StateMachineError, StorageError};
 use lockstep_core::state_machine::{KvCommand, KvQuery, KvResponse};
+use lockstep_core::storage::read_full;
 use lockstep_core::{Command, LogId, StateMachine};
 use rocksdb::{
     BoundColumnFamily, ColumnFamilyDescriptor, DBRecoveryMode, DBWithThreadMode, MultiThreaded,
@@ -239,20 +240,6 @@ impl<R: Read> Read for CrcReader<R> {
     }
 }
 
-/// Reads until `buf` is full or the input ends; returns the bytes read.
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 fn read_io(e: std::io::Error) -> StateMachineError {
     StorageError::io("reading the kv snapshot", e).into()
 }
@@ -264,7 +251,7 @@ fn read_field(
     what: &str,
 ) -> std::result::Result<Vec<u8>, StateMachineError> {
     let mut len = [0u8; 4];
-    if read_up_to(r, &mut len).map_err(read_io)? != len.len() {
+    if read_full(r, &mut len).map_err(read_io)? != len.len() {
         return Err(invalid(format!(
             "entry {i}: the input ends inside the length of its {what}"
         )));
@@ -648,7 +635,7 @@ impl RocksKvStateMachine {
             crc: 0,
         };
         let mut header = [0u8; SNAPSHOT_HEADER_LEN];
-        let got = read_up_to(&mut r, &mut header).map_err(read_io)?;
+        let got = read_full(&mut r, &mut header).map_err(read_io)?;
         if got == 0 {
             // An empty input restores the empty state, as for KvStateMachine.
             return Ok(0);
@@ -698,7 +685,7 @@ impl RocksKvStateMachine {
         }
         let computed = r.crc;
         let mut stored = [0u8; SNAPSHOT_CRC_LEN];
-        if read_up_to(&mut r.inner, &mut stored).map_err(read_io)? != SNAPSHOT_CRC_LEN {
+        if read_full(&mut r.inner, &mut stored).map_err(read_io)? != SNAPSHOT_CRC_LEN {
             return Err(invalid("the input ends before the checksum"));
         }
         let stored = u32::from_le_bytes(stored);
@@ -708,7 +695,7 @@ impl RocksKvStateMachine {
             )));
         }
         let mut extra = [0u8; 1];
-        if read_up_to(&mut r.inner, &mut extra).map_err(read_io)? != 0 {
+        if read_full(&mut r.inner, &mut extra).map_err(read_io)? != 0 {
             return Err(invalid("trailing bytes after the checksum"));
         }
         if !batch.is_empty() {
