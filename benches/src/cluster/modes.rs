@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use lockstep::processes::ProcessCluster;
 use lockstep::{
-    Client, ClientConfig, ClusterOptions, Config, InProcessCluster, NodeBuilder, RunningNode,
-    RuntimeConfig, StateMachineTrait,
+    Client, ClientConfig, ClusterOptions, CommandResult, Config, InProcessCluster, LogId,
+    NodeBuilder, RunningNode, RuntimeConfig, StateMachine, StateMachineError,
 };
+use lockstep_core::Command;
+use std::io::{Read, Write};
 
 use super::memory;
 use super::report::{NodeMemory, Row};
@@ -186,17 +188,28 @@ pub async fn cluster(backend: &str, embedded: bool, s: &Settings) -> Result<Vec<
     result
 }
 
-/// Answers every command with nothing: the framework mode's state machine.
+/// Answers every command with nothing: the framework mode's state machine (the full async
+/// trait, so nothing is handed to a blocking section).
 struct Null;
 
-impl StateMachineTrait for Null {
-    fn apply(&self, _: &[u8]) -> Result<Bytes, String> {
+#[async_trait::async_trait]
+impl StateMachine for Null {
+    async fn apply(&self, _: &Command) -> Result<CommandResult, StateMachineError> {
+        Ok(Ok(Bytes::new()))
+    }
+    async fn apply_chunk(
+        &self,
+        commands: &[Command],
+    ) -> Result<Vec<CommandResult>, StateMachineError> {
+        Ok(commands.iter().map(|_| Ok(Bytes::new())).collect())
+    }
+    fn query(&self, _: &[u8]) -> CommandResult {
         Ok(Bytes::new())
     }
-    fn snapshot(&self) -> Vec<u8> {
-        Vec::new()
+    async fn snapshot(&self, _: &mut (dyn Write + Send)) -> Result<(), StateMachineError> {
+        Ok(())
     }
-    fn restore(&self, _: &[u8]) -> Result<(), String> {
+    async fn restore(&self, _: LogId, _: &mut (dyn Read + Send)) -> Result<(), StateMachineError> {
         Ok(())
     }
 }

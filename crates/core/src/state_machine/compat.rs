@@ -62,10 +62,33 @@ impl<T: StateMachineTrait + ?Sized> StateMachineTrait for Box<T> {
     }
 }
 
+/// Runs blocking user code: on a multi-thread tokio runtime through `block_in_place`, so the
+/// worker's other tasks (heartbeats, elections, other nodes) move to another thread while a
+/// slow synchronous `apply` runs; elsewhere directly.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 #[async_trait]
 impl<T: StateMachineTrait + ?Sized + 'static> StateMachine for T {
     async fn apply(&self, command: &Command) -> Result<CommandResult, StateMachineError> {
-        Ok(StateMachineTrait::apply(self, &command.data).map_err(CommandError))
+        Ok(blocking(|| StateMachineTrait::apply(self, &command.data)).map_err(CommandError))
+    }
+
+    async fn apply_chunk(
+        &self,
+        commands: &[Command],
+    ) -> Result<Vec<CommandResult>, StateMachineError> {
+        // One hand-off for the whole batch: the minimal shape is synchronous and may block.
+        Ok(blocking(|| {
+            commands
+                .iter()
+                .map(|c| StateMachineTrait::apply(self, &c.data).map_err(CommandError))
+                .collect()
+        }))
     }
 
     fn query(&self, query: &[u8]) -> CommandResult {
