@@ -33,6 +33,11 @@ pub enum ReadConsistency {
 pub enum Event {
     /// One unit of logical time passed.
     Tick,
+    /// This many units of logical time passed at once: a runtime that found its node
+    /// stalled (descheduled, paused, a long garbage pause in the host) reports the whole
+    /// gap, so the protocol's clock, and with it every lease, keeps to real time. Timers
+    /// that expired during the gap fire once. `Ticks(0)` does nothing.
+    Ticks(u64),
     /// A message from a peer.
     Message(Message),
     /// Client commands (a batch is replicated together).

@@ -254,3 +254,82 @@ async fn lease_reads_served_beside_the_core_see_every_acknowledged_write_thesis_
     writer.await.unwrap();
     assert!(reads > 10, "only {reads} reads overlapped the writes");
 }
+
+/// The seed's counter: a minimal machine with no read-only query.
+#[derive(Default)]
+struct SeedCounter(std::sync::RwLock<i64>);
+
+impl lockstep_core::StateMachineTrait for SeedCounter {
+    fn apply(&self, command: &[u8]) -> Result<bytes::Bytes, String> {
+        let mut c = self.0.write().unwrap();
+        match command {
+            b"INCREMENT" => *c += 1,
+            b"GET" => {}
+            _ => return Err("Unknown command".into()),
+        }
+        Ok(bytes::Bytes::from(c.to_string()))
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.read().unwrap().to_le_bytes().to_vec()
+    }
+    fn restore(&self, s: &[u8]) -> Result<(), String> {
+        let b: [u8; 8] = s.try_into().map_err(|_| "Invalid snapshot size")?;
+        *self.0.write().unwrap() = i64::from_le_bytes(b);
+        Ok(())
+    }
+}
+
+/// Regression (a query changed one replica): a minimal machine has no read-only query, and
+/// `query`/`read` called its `apply` on the local replica, so a write sent as a query
+/// (`INCREMENT`) changed that node only. Such a query now goes through the log: every
+/// replica applies it, none alone (state machine safety, §5.4.3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_sent_as_a_query_changes_no_replica_alone_5_4_3() {
+    let c = lockstep_core::runtime::cluster::InProcessCluster::start(
+        [1, 2, 3],
+        |_| SeedCounter::default(),
+        fast_options(),
+    )
+    .await
+    .unwrap();
+    let leader = c.wait_for_leader(T).await.unwrap();
+    leader.propose(&b"INCREMENT"[..]).await.unwrap();
+    assert_eq!(leader.query(b"INCREMENT").await.unwrap(), "2");
+    for level in [
+        ReadLevel::Eventual,
+        ReadLevel::Lease,
+        ReadLevel::Linearizable,
+    ] {
+        leader.read(&b"INCREMENT"[..], level).await.unwrap();
+    }
+    let follower = c
+        .nodes()
+        .into_iter()
+        .find(|n| n.id() != leader.id())
+        .unwrap();
+    let refused = follower.query(b"INCREMENT").await;
+    assert!(
+        matches!(refused, Err(NodeError::Client(_))),
+        "a follower cannot send a query through the log: {refused:?}"
+    );
+    assert_eq!(leader.query(b"GET").await.unwrap(), "5");
+    // Every replica reaches the same count, and none goes past it.
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let counts: Vec<i64> = c
+            .ids()
+            .into_iter()
+            .map(|id| *c.machine(id).unwrap().0.read().unwrap())
+            .collect();
+        assert!(counts.iter().all(|n| *n <= 5), "{counts:?}");
+        if counts.iter().all(|n| *n == 5) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replicas differ: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.shutdown().await;
+}

@@ -22,7 +22,9 @@ fn parts(store: MemLogStore, machine: Arc<Journal>) -> NodeParts {
         },
         log_store: Box::new(store),
         handler: Arc::new(DefaultStateMachineHandler::new(
-            Arc::new(lockstep_core::state_machine::SharedStateMachine(machine)),
+            Arc::new(lockstep_core::state_machine::MinimalStateMachine::new(
+                machine,
+            )),
             Arc::new(MemSnapshotStore::new()),
             Never,
         )),

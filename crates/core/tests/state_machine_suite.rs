@@ -13,11 +13,12 @@ use std::sync::{Mutex as StdMutex, RwLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use lockstep_core::state_machine::SharedStateMachine;
+use lockstep_core::state_machine::{MinimalStateMachine, SharedStateMachine};
 use lockstep_core::testing::sm_suite::{
     checks, BoxError, PerfReport, StateMachineBuilder, StateMachineTestSuite, SuiteError,
     SuiteReport, MAX_SCALING_RATIO,
 };
+use lockstep_core::StateMachineTrait;
 use lockstep_core::{
     Command, CommandError, CommandResult, KvStateMachine, LogId, StateMachine, StateMachineError,
     StorageError,
@@ -89,11 +90,12 @@ struct CounterBuilder;
 
 #[async_trait]
 impl StateMachineBuilder for CounterBuilder {
-    type Machine = CounterStateMachine;
-    async fn build(&self, _dir: &Path) -> Result<CounterStateMachine, BoxError> {
+    type Machine = MinimalStateMachine<CounterStateMachine>;
+    async fn build(&self, _dir: &Path) -> Result<Self::Machine, BoxError> {
         Ok(CounterStateMachine {
             counter: RwLock::new(0),
-        })
+        }
+        .into())
     }
     fn command(&self, _i: u64) -> Bytes {
         Bytes::from_static(b"INCREMENT")
@@ -544,12 +546,12 @@ struct CounterLike<F>(F);
 #[async_trait]
 impl<M, F> StateMachineBuilder for CounterLike<F>
 where
-    M: StateMachine,
+    M: StateMachineTrait + 'static,
     F: Fn() -> M + Send + Sync,
 {
-    type Machine = M;
-    async fn build(&self, _dir: &Path) -> Result<M, BoxError> {
-        Ok((self.0)())
+    type Machine = MinimalStateMachine<M>;
+    async fn build(&self, _dir: &Path) -> Result<Self::Machine, BoxError> {
+        Ok((self.0)().into())
     }
     fn command(&self, _i: u64) -> Bytes {
         Bytes::from_static(b"INCREMENT")

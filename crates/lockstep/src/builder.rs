@@ -9,7 +9,7 @@ use lockstep_core::handler::{
 };
 use lockstep_core::runtime::cluster::NodeStorage;
 use lockstep_core::runtime::{Node, NodeParts, StartError};
-use lockstep_core::state_machine::SharedStateMachine;
+use lockstep_core::state_machine::IntoStateMachine;
 use lockstep_core::transport::ChannelNetwork;
 use lockstep_core::{
     KvStateMachine, LogStore, MemLogStore, MemSnapshotStore, MembershipConfig, SnapshotStore,
@@ -78,6 +78,19 @@ impl NodeBuilder {
         }
     }
 
+    /// A single node embedded in this process, with its data under `data_dir` (the default
+    /// file storage): it founds a cluster of one, binds no network port, and is started
+    /// with [`NodeBuilder::start`]: `NodeBuilder::single_node("data").start().await?`. Set
+    /// a state machine or other storage on the builder as usual.
+    pub fn single_node(data_dir: impl Into<std::path::PathBuf>) -> Self {
+        let config = Config {
+            data_dir: data_dir.into(),
+            bootstrap: Some(crate::config::BootstrapConfig { voters: vec![1] }),
+            ..Config::default()
+        };
+        Self::from_config(config).in_process(&ChannelNetwork::new())
+    }
+
     /// A builder without a shutdown signal (call [`RunningNode::shutdown`]).
     pub fn from_config(config: Config) -> Self {
         Self {
@@ -93,10 +106,12 @@ impl NodeBuilder {
         }
     }
 
-    /// The replicated state machine (default: an empty [`KvStateMachine`]). Accepts any
-    /// `Arc<S>` with `S: StateMachine`, including `Arc<dyn StateMachineTrait>`.
-    pub fn state_machine<S: StateMachine + ?Sized>(mut self, machine: Arc<S>) -> Self {
-        self.machine = Some(Arc::new(SharedStateMachine(machine)));
+    /// The replicated state machine (default: an empty [`KvStateMachine`]): a
+    /// [`StateMachine`] or a minimal [`StateMachineTrait`](crate::StateMachineTrait)
+    /// machine, by value or as an `Arc` (including `Arc<dyn StateMachineTrait>`; keep a
+    /// clone of the `Arc` to look at the machine while the node runs).
+    pub fn state_machine<K>(mut self, machine: impl IntoStateMachine<K>) -> Self {
+        self.machine = Some(machine.into_state_machine());
         self
     }
 
@@ -179,6 +194,7 @@ impl NodeBuilder {
             (None, Some(n)) => n.transport(),
             (None, None) => return Err(BuildError::NoTransport),
         };
+        let mut dir_lock = None;
         let (log, snapshots) = match self.stores.take() {
             Some(s) => s,
             None => {
@@ -191,6 +207,7 @@ impl NodeBuilder {
                             node_id: self.config.node_id,
                         },
                     )?;
+                    dir_lock = Some(data_dir::lock(&self.config.data_dir)?);
                 }
                 self.open_stores()?
             }
@@ -244,7 +261,11 @@ impl NodeBuilder {
                 }
             });
         }
-        Ok(RunningNode { node, server })
+        Ok(RunningNode {
+            node,
+            server,
+            _dir_lock: dir_lock,
+        })
     }
 
     /// The network transport to create, unless one was given.
@@ -409,6 +430,8 @@ pub struct RunningNode {
     node: Node,
     #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
     server: Option<Server>,
+    /// The data directory's lock, released when the node is dropped.
+    _dir_lock: Option<data_dir::DirLock>,
 }
 
 impl RunningNode {

@@ -1,6 +1,8 @@
-//! The data directory's identity marker. A node writes `LOCKSTEP` into a new data directory
-//! (format version, storage backend, cluster id, node id) and refuses to start on a
-//! directory written for another backend, cluster or node — rather than mix data.
+//! The data directory's identity marker and lock. A node writes `LOCKSTEP` into a new data
+//! directory (format version, storage backend, cluster id, node id) and refuses to start on
+//! a directory written for another backend, cluster or node — rather than mix data. While
+//! it runs it holds an exclusive lock on `LOCK` in the directory (with its process id in
+//! the file), so a second process on the same directory refuses to start.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,6 +11,8 @@ use lockstep_core::NodeId;
 
 /// Name of the marker file.
 pub const MARKER: &str = "LOCKSTEP";
+/// Name of the lock file.
+pub const LOCK: &str = "LOCK";
 const FORMAT: &str = "1";
 
 /// The data directory cannot be used by this node.
@@ -32,6 +36,14 @@ pub enum DataDirError {
         found: String,
         /// What the configuration says.
         expected: String,
+    },
+    /// Another process (or another node in this one) holds the directory's lock.
+    #[error("data directory {path} is in use by another node ({}); refusing to start", holder.map_or("its process id is unknown".to_string(), |p| format!("process {p}")))]
+    Locked {
+        /// The directory.
+        path: PathBuf,
+        /// The process id the holder wrote into the lock file, if readable.
+        holder: Option<u32>,
     },
     /// The directory has files but no marker.
     #[error("data directory {0} is not empty and has no {MARKER} marker: it was not written by lockstep (or by an older version); refusing to start")]
@@ -72,9 +84,48 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> DataDirError + '_ {
     }
 }
 
-/// Creates or checks the marker in `dir` for `id`.
+/// The exclusive lock on a data directory: held until dropped (the operating system
+/// releases it when the process dies, however it dies).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+/// Takes the exclusive lock on `dir` (creating `dir/LOCK`), and writes this process's id
+/// into the lock file. Fails with [`DataDirError::Locked`], naming the holder's process id
+/// when it can be read, if another process or node holds it.
+pub fn lock(dir: &Path) -> Result<DirLock, DataDirError> {
+    let path = dir.join(LOCK);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io(&path))?;
+    match fs4::FileExt::try_lock(&file) {
+        Ok(()) => {}
+        Err(fs4::TryLockError::Error(e)) => return Err(io(&path)(e)),
+        Err(fs4::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            return Err(DataDirError::Locked {
+                path: dir.to_path_buf(),
+                holder,
+            });
+        }
+    }
+    file.set_len(0).map_err(io(&path))?;
+    file.write_all(format!("{}\n", std::process::id()).as_bytes())
+        .map_err(io(&path))?;
+    Ok(DirLock { _file: file })
+}
+
+/// Creates or checks the marker in `dir` for `id`. A missing `dir` (and missing parents)
+/// is created durably: the parent of each new directory is synced.
 pub fn claim(dir: &Path, id: &Identity) -> Result<(), DataDirError> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    lockstep_core::storage::create_dir_all_synced(dir).map_err(io(dir))?;
     let marker = dir.join(MARKER);
     match std::fs::read_to_string(&marker) {
         Ok(text) => {
@@ -118,9 +169,7 @@ pub fn claim(dir: &Path, id: &Identity) -> Result<(), DataDirError> {
             f.write_all(id.render().as_bytes()).map_err(io(&tmp))?;
             f.sync_all().map_err(io(&tmp))?;
             std::fs::rename(&tmp, &marker).map_err(io(&marker))?;
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(dir))?;
+            lockstep_core::storage::sync_dir(dir).map_err(io(dir))?;
             Ok(())
         }
         Err(e) => Err(io(&marker)(e)),
@@ -163,6 +212,15 @@ mod tests {
         std::fs::write(d.path().join(format!("{MARKER}.tmp")), b"format=1\n").unwrap();
         claim(d.path(), &id("file", "a", 1)).unwrap();
         claim(d.path(), &id("file", "a", 1)).unwrap();
+    }
+
+    #[test]
+    fn a_missing_nested_directory_is_created_and_claimed() {
+        let d = tempfile::tempdir().unwrap();
+        let nested = d.path().join("node").join("data");
+        claim(&nested, &id("file", "a", 1)).unwrap();
+        assert!(nested.join(MARKER).is_file());
+        claim(&nested, &id("file", "a", 1)).unwrap();
     }
 
     #[test]

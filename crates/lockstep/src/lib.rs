@@ -47,7 +47,8 @@ pub use lockstep_core::runtime::cluster::{
 };
 pub use lockstep_core::runtime::{Node, NodeStatus, ReadLevel, RuntimeConfig};
 pub use lockstep_core::state_machine::{
-    Command, KvCommand, KvQuery, KvResponse, KvStateMachine, StateMachine, StateMachineTrait,
+    Command, IntoStateMachine, KvCommand, KvQuery, KvResponse, KvStateMachine, MinimalStateMachine,
+    StateMachine, StateMachineTrait,
 };
 pub use lockstep_core::transport::{ChannelNetwork, Transport};
 pub use lockstep_core::{

@@ -205,3 +205,77 @@ async fn a_node_from_a_config_serves_clients_over_grpc() {
     assert!(refused.contains("cluster"), "{refused}");
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_embedded_node_starts_in_one_call_binds_no_port_and_keeps_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("single");
+    let node = NodeBuilder::single_node(&data).start().await.unwrap();
+    #[cfg(feature = "grpc")]
+    assert_eq!(node.local_addr().await, None, "no network port");
+    node.wait_for(T, |s| s.is_leader()).await.unwrap();
+    let put = KvCommand::Put {
+        key: "k".into(),
+        value: "v".into(),
+    };
+    node.propose(put.encode()).await.unwrap();
+    node.shutdown().await.unwrap();
+    drop(node);
+
+    let node = NodeBuilder::single_node(&data).start().await.unwrap();
+    node.wait_for(T, |s| s.is_leader()).await.unwrap();
+    let get = KvQuery::Get { key: "k".into() }.encode();
+    let r = node.read(get, ReadLevel::Linearizable).await.unwrap();
+    assert_eq!(
+        KvResponse::decode(&r).unwrap(),
+        KvResponse::Value(Some("v".into()))
+    );
+    node.shutdown().await.unwrap();
+}
+
+#[test]
+fn the_default_config_is_a_valid_single_durable_node() {
+    let c = Config::default();
+    c.validate().unwrap();
+    assert_eq!(c.node_id, 1);
+    assert_eq!(c.storage, lockstep::StorageKind::File);
+    let custom = Config {
+        node_id: 2,
+        data_dir: "data/n2".into(),
+        ..Default::default()
+    };
+    assert_eq!(custom.node_id, 2);
+    custom.validate().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_on_a_data_directory_in_use_is_refused_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = ChannelNetwork::new();
+    let first = NodeBuilder::from_config(config(1, dir.path()))
+        .in_process(&net)
+        .start()
+        .await
+        .unwrap();
+    let err = NodeBuilder::from_config(config(1, dir.path()))
+        .in_process(&ChannelNetwork::new())
+        .start()
+        .await
+        .err()
+        .expect("refused while the first node runs");
+    let text = err.to_string();
+    assert!(matches!(err, BuildError::DataDir(_)), "{text}");
+    assert!(
+        text.contains("in use") && text.contains(&format!("process {}", std::process::id())),
+        "{text}"
+    );
+    first.shutdown().await.unwrap();
+    drop(first);
+    // Released with the node.
+    let again = NodeBuilder::from_config(config(1, dir.path()))
+        .in_process(&net)
+        .start()
+        .await
+        .unwrap();
+    again.shutdown().await.unwrap();
+}

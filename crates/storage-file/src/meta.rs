@@ -162,6 +162,20 @@ impl MetaFile {
         ))
     }
 
+    /// `fdatasync`s the slot files that exist, so that what [`MetaFile::load`] read (perhaps
+    /// written but never synced by a process that was killed) is durable before it is used.
+    pub fn sync_slots(&self) -> Result<()> {
+        for name in SLOT_NAMES {
+            let path = self.dir.join(name);
+            match File::open(&path) {
+                Ok(f) => fsutil::sync_data(&f, &path)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(FileStoreError::io("open", &path, e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Durably replaces the stored copy with `meta` (one write and one `fdatasync`, plus a
     /// directory sync the first time a slot file is created).
     pub fn save(&mut self, meta: &Meta) -> Result<()> {
@@ -189,8 +203,7 @@ impl MetaFile {
             .map_err(|e| FileStoreError::io("write", &path, e))?;
         f.set_len(buf.len() as u64)
             .map_err(|e| FileStoreError::io("truncate", &path, e))?;
-        f.sync_data()
-            .map_err(|e| FileStoreError::io("fdatasync", &path, e))?;
+        fsutil::sync_data(f, &path)?;
         self.seq += 1;
         self.newest = Some(slot);
         Ok(())

@@ -26,8 +26,6 @@ pub const HEADER_LEN: usize = 32;
 pub const RECORD_HEADER_LEN: usize = 8;
 /// Largest record payload accepted (1 GiB).
 pub const MAX_RECORD_LEN: usize = 1 << 30;
-/// Granularity at which an all-zero region is taken as never written (a torn write).
-pub const SECTOR: usize = 512;
 
 /// Encodes a segment header for a segment whose first entry is `first`.
 pub fn encode_header(first: Index) -> [u8; HEADER_LEN] {
@@ -111,40 +109,31 @@ pub enum RecordCheck {
         /// Offset just after the record.
         end: usize,
     },
-    /// The record is cut by the end of the buffer, or contains never-written (zero)
-    /// sectors, or fails its checksum as the very last record: what a crash during a write
-    /// leaves.
-    Torn(String),
-    /// The record is damaged and more data follows it.
-    Corrupt(String),
+    /// No valid record starts here: a zeroed header, a length over the limit, a record cut
+    /// by the end of the buffer, or a checksum mismatch. Whether that is a torn write or
+    /// corruption depends on what follows ([`find_valid_record`]).
+    Bad(String),
 }
 
-/// Checks the record starting at `pos` of `buf` (a whole segment file: `pos` is also the
-/// file offset, which matters for sector alignment).
+/// Checks the record starting at `pos` of `buf`.
 pub fn check_record(buf: &[u8], pos: usize) -> RecordCheck {
     let rest = buf.len() - pos;
     if rest < RECORD_HEADER_LEN {
-        return RecordCheck::Torn(format!(
+        return RecordCheck::Bad(format!(
             "{rest} trailing bytes are less than a record header"
         ));
     }
     let len = le_u32(&buf[pos..]) as usize;
     let crc = le_u32(&buf[pos + 4..]);
     if len == 0 && crc == 0 {
-        return RecordCheck::Torn("zero-filled record header".into());
+        return RecordCheck::Bad("zero-filled record header".into());
     }
     if len > MAX_RECORD_LEN {
-        return if has_zero_sector(buf, pos, buf.len()) {
-            RecordCheck::Torn(format!(
-                "record length {len} over the limit in a zeroed tail"
-            ))
-        } else {
-            RecordCheck::Corrupt(format!("record length {len} exceeds the limit"))
-        };
+        return RecordCheck::Bad(format!("record length {len} exceeds the limit"));
     }
     let end = pos + RECORD_HEADER_LEN + len;
     if end > buf.len() {
-        return RecordCheck::Torn(format!(
+        return RecordCheck::Bad(format!(
             "record of {len} bytes is cut by the end of the file"
         ));
     }
@@ -153,31 +142,46 @@ pub fn check_record(buf: &[u8], pos: usize) -> RecordCheck {
         &buf[pos + RECORD_HEADER_LEN..end],
     );
     if actual == crc {
-        return RecordCheck::Valid { end };
-    }
-    if end == buf.len() {
-        RecordCheck::Torn("checksum mismatch in the last record".into())
-    } else if has_zero_sector(buf, pos, end) {
-        RecordCheck::Torn("checksum mismatch in a record with never-written sectors".into())
+        RecordCheck::Valid { end }
     } else {
-        RecordCheck::Corrupt(format!(
+        RecordCheck::Bad(format!(
             "record checksum mismatch (stored {crc:#010x}, computed {actual:#010x})"
         ))
     }
 }
 
-/// True if some sector-aligned stretch of `buf[from..to]` is a whole sector of zeros (or a
-/// zero stretch reaching the end of the buffer).
-fn has_zero_sector(buf: &[u8], from: usize, to: usize) -> bool {
-    let mut s = from.div_ceil(SECTOR) * SECTOR;
-    while s < to {
-        let e = (s + SECTOR).min(buf.len());
-        if e <= to && buf[s..e].iter().all(|b| *b == 0) {
-            return true;
+/// Smallest payload of a record: an entry's term, index and payload tag.
+const MIN_PAYLOAD: usize = 17;
+
+/// Looks for a valid record starting anywhere at or after `from` in `buf` and holding an
+/// entry after `after` (an entry a later record of the segment could hold); returns its
+/// offset and entry index. Every byte offset is tried, so a record is found even when the
+/// damage before it hides where it starts (a flipped length, say).
+///
+/// A bad record followed by such a valid one is not a torn write (which leaves nothing
+/// valid behind it) but damage to written data. Candidates are screened by their length
+/// and entry index before their checksum is computed, so the scan stays linear.
+pub fn find_valid_record(buf: &[u8], from: usize, after: Index) -> Option<(usize, Index)> {
+    let min_record = RECORD_HEADER_LEN + MIN_PAYLOAD;
+    // A record holding entry `after + k` lies at least `(k - 1)` records past `from`.
+    let room = (buf.len().saturating_sub(from) / min_record) as Index + 1;
+    let highest = after.saturating_add(room);
+    let mut q = from;
+    while q + min_record <= buf.len() {
+        let len = le_u32(&buf[q..]) as usize;
+        if (MIN_PAYLOAD..=MAX_RECORD_LEN).contains(&len) && q + RECORD_HEADER_LEN + len <= buf.len()
+        {
+            let index = le_u64(&buf[q + RECORD_HEADER_LEN + 8..]);
+            if index > after
+                && index <= highest
+                && matches!(check_record(buf, q), RecordCheck::Valid { .. })
+            {
+                return Some((q, index));
+            }
         }
-        s += SECTOR;
+        q += 1;
     }
-    false
+    None
 }
 
 /// Decodes the payload of a record known to be valid, which starts at `pos` of `buf`.
@@ -216,24 +220,43 @@ mod tests {
         }
     }
 
+    fn bad(c: RecordCheck) -> bool {
+        matches!(c, RecordCheck::Bad(_))
+    }
+
     #[test]
-    fn a_flip_before_more_data_is_corruption_and_a_cut_is_torn() {
+    fn a_bad_record_is_torn_only_when_no_valid_record_follows() {
         let mut v = encode_header(1).to_vec();
         encode_record(&mut v, &entry(1, 100));
         let second = v.len();
         encode_record(&mut v, &entry(2, 100));
+        let third = v.len();
+        encode_record(&mut v, &entry(3, 100));
+
+        // A flipped payload byte: the next record is found.
         let mut flipped = v.clone();
         flipped[HEADER_LEN + 20] ^= 1;
-        assert!(matches!(
-            check_record(&flipped, HEADER_LEN),
-            RecordCheck::Corrupt(_)
-        ));
-        assert!(matches!(
-            check_record(&v[..v.len() - 3], second),
-            RecordCheck::Torn(_)
-        ));
+        assert!(bad(check_record(&flipped, HEADER_LEN)));
+        assert_eq!(
+            find_valid_record(&flipped, HEADER_LEN + 1, 1),
+            Some((second, 2))
+        );
+        // A flipped length (the record looks cut by the end of the file): found as well.
+        let mut long = v.clone();
+        long[second + 3] ^= 0x01;
+        assert!(bad(check_record(&long, second)));
+        assert_eq!(find_valid_record(&long, second + 1, 2), Some((third, 3)));
+
+        // Cut, damaged as the very last record, or followed by zeros: nothing follows.
+        let cut = &v[..v.len() - 3];
+        assert!(bad(check_record(cut, third)));
+        assert_eq!(find_valid_record(cut, third + 1, 3), None);
         let mut last = v.clone();
-        last[second + 30] ^= 1;
-        assert!(matches!(check_record(&last, second), RecordCheck::Torn(_)));
+        last[third + 30] ^= 1;
+        assert!(bad(check_record(&last, third)));
+        assert_eq!(find_valid_record(&last, third + 1, 3), None);
+        last.extend_from_slice(&[0u8; 4096]);
+        assert_eq!(find_valid_record(&last, third + 1, 3), None);
+        assert!(bad(check_record(&last, last.len() - 4096)));
     }
 }

@@ -4,12 +4,17 @@
 //! Rules:
 //! - A segment followed by one that starts at or below `purge point + 1` holds only purged
 //!   entries: it is removed without being read.
-//! - In the last segment, a torn record (cut by the end of the file, containing a
-//!   never-written zero sector, or failing its checksum as the very last record) and
-//!   everything after it is what a crash during an unsynced write leaves: it is cut off. A
-//!   last segment with a missing or zeroed header is removed.
-//! - Any other damage, anywhere, is [`FileStoreError::Corrupt`] naming the file and byte
+//! - In the last segment, a bad record (cut by the end of the file, zeroed, or failing its
+//!   checksum) with no valid record anywhere after it is a torn tail, what a crash during
+//!   an unsynced write leaves: it is cut off. A last segment with a missing or zeroed
+//!   header and no valid record is removed.
+//! - A bad record followed by a valid one is damage to written (possibly synced) data, not
+//!   a torn write: cutting it would silently drop the records after it.
+//! - Any such damage, anywhere, is [`FileStoreError::Corrupt`] naming the file and byte
 //!   offset, and the directory is left exactly as it was.
+//! - Before recovery returns, the last segment, the metadata slots and the directory are
+//!   synced: what a killed process wrote but never synced is still only in the page cache,
+//!   and must not be reported as durable (or a vote be acted on) until it is on disk.
 
 use std::path::{Path, PathBuf};
 
@@ -82,7 +87,19 @@ fn scan(path: &Path, first: Index, is_last: bool, repairs: &mut Repairs) -> Resu
                 format!("header says the first entry is {f}, the file name says {first}"),
             ))
         }
-        Err(HeaderProblem::Torn) if is_last => return Ok(Outcome::TornHeader),
+        Err(HeaderProblem::Torn) if is_last => {
+            if let Some((at, index)) = record::find_valid_record(&buf, 0, first - 1) {
+                return Err(FileStoreError::corrupt(
+                    path,
+                    0,
+                    format!(
+                        "segment header missing or zeroed, but a valid record (entry {index}) \
+                         follows at byte offset {at}: not a torn write"
+                    ),
+                ));
+            }
+            return Ok(Outcome::TornHeader);
+        }
         Err(HeaderProblem::Torn) => {
             return Err(FileStoreError::corrupt(
                 path,
@@ -133,13 +150,21 @@ fn scan(path: &Path, first: Index, is_last: bool, repairs: &mut Repairs) -> Resu
                 pos = end;
                 s.len = end as u64;
             }
-            RecordCheck::Torn(d) if is_last => {
+            RecordCheck::Bad(d) if is_last => {
+                if let Some((at, index)) = record::find_valid_record(&buf, pos + 1, s.end()) {
+                    return Err(FileStoreError::corrupt(
+                        path,
+                        pos as u64,
+                        format!(
+                            "{d}, but a valid record (entry {index}) follows at byte offset \
+                             {at}: not a torn write"
+                        ),
+                    ));
+                }
                 repairs.cut = Some((path.to_path_buf(), pos as u64, d));
                 break;
             }
-            RecordCheck::Torn(d) | RecordCheck::Corrupt(d) => {
-                return Err(FileStoreError::corrupt(path, pos as u64, d))
-            }
+            RecordCheck::Bad(d) => return Err(FileStoreError::corrupt(path, pos as u64, d)),
         }
     }
     Ok(Outcome::Scanned(s))
@@ -249,6 +274,13 @@ pub fn recover(dir: &Path) -> Result<Recovered> {
             dirty: false,
         });
     }
+    // Make durable what is about to be reported as stored. Earlier segments were synced
+    // before the next one was created (see `FileLogStore::roll`).
+    if let Some(s) = segments.last() {
+        fsutil::sync_data(&s.file, &s.path)?;
+    }
+    meta_file.sync_slots()?;
+    fsutil::sync_dir(dir)?;
     // Drop the runs of purged entries.
     let live_from = purge.index + 1;
     let keep_from = terms
@@ -275,20 +307,93 @@ pub fn recover(dir: &Path) -> Result<Recovered> {
     })
 }
 
+/// Applies the repairs; the caller syncs the last segment and the directory afterwards.
 fn apply(dir: &Path, r: &Repairs) -> Result<()> {
     if let Some((path, len, why)) = &r.cut {
         tracing::warn!(file = %path.display(), offset = len, reason = %why, "cutting a torn WAL tail");
         let f = fsutil::open_rw(path, false)?;
         f.set_len(*len)
             .map_err(|e| FileStoreError::io("truncate", path, e))?;
-        f.sync_data()
-            .map_err(|e| FileStoreError::io("fdatasync", path, e))?;
+        // Synced with the last segment (or removed) by `recover`.
     }
     for p in &r.remove {
         fsutil::remove(p)?;
     }
-    if r.cut.is_some() || !r.remove.is_empty() {
+    if !r.remove.is_empty() {
         fsutil::sync_dir(dir)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::segment_name;
+    use crate::store::{FileLogOptions, FileLogStore};
+    use bytes::Bytes;
+    use lockstep_core::{Entry, EntryPayload, HardState, LogStore};
+
+    fn entry(i: Index) -> Entry {
+        Entry {
+            log_id: LogId::new(1, i),
+            payload: EntryPayload::Command {
+                session: None,
+                data: Bytes::from(vec![i as u8; 100]),
+            },
+        }
+    }
+
+    #[test]
+    fn recovery_syncs_the_last_segment_the_meta_slots_and_the_directory_before_returning() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = FileLogOptions {
+            segment_size: 4096,
+            cache_bytes: 0,
+        };
+        {
+            let mut s = FileLogStore::open_with(dir.path(), opts).unwrap();
+            for term in 1..=2 {
+                s.save_hard_state(&HardState {
+                    term,
+                    vote: Some(1),
+                    commit: 0,
+                })
+                .unwrap();
+                s.sync().unwrap();
+            }
+            s.append(&(1..=60).map(entry).collect::<Vec<_>>()).unwrap();
+            s.sync().unwrap();
+            // Written but never synced: the process is killed here.
+            s.append(&(61..=70).map(entry).collect::<Vec<_>>()).unwrap();
+        }
+        let last_first = {
+            let mut firsts: Vec<Index> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter_map(|e| parse_segment_name(e.unwrap().file_name().to_str()?))
+                .collect();
+            firsts.sort();
+            assert!(firsts.len() > 1, "{firsts:?}");
+            *firsts.last().unwrap()
+        };
+        fsutil::synced::take();
+        let r = recover(dir.path()).unwrap();
+        let synced = fsutil::synced::take();
+        assert_eq!(r.last.index, 70);
+        let pos = |p: PathBuf| {
+            synced
+                .iter()
+                .position(|s| *s == p)
+                .unwrap_or_else(|| panic!("{} not synced by recovery: {synced:?}", p.display()))
+        };
+        let seg = pos(dir.path().join(segment_name(last_first)));
+        let a = pos(dir.path().join("meta-a"));
+        let b = pos(dir.path().join("meta-b"));
+        let d = pos(dir.path().to_path_buf());
+        assert!(seg < d && a < d && b < d, "{synced:?}");
+        // Earlier segments were synced before the next one was created.
+        assert!(
+            !synced.contains(&dir.path().join(segment_name(1))),
+            "{synced:?}"
+        );
+    }
 }

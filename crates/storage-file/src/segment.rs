@@ -8,6 +8,7 @@ use bytes::Bytes;
 use lockstep_core::{Entry, Index};
 
 use crate::error::{FileStoreError, Result};
+use crate::fsutil;
 use crate::record::{self, RecordCheck, HEADER_LEN};
 
 /// File name of the segment whose first entry is `first`: 20 zero-padded digits and `.wal`.
@@ -91,7 +92,7 @@ impl Segment {
             let file_off = u64::from(self.offsets[k]);
             let rec_end = match record::check_record(&buf, pos) {
                 RecordCheck::Valid { end } => end,
-                RecordCheck::Torn(d) | RecordCheck::Corrupt(d) => {
+                RecordCheck::Bad(d) => {
                     return Err(FileStoreError::corrupt(&self.path, file_off, d));
                 }
             };
@@ -125,9 +126,7 @@ impl Segment {
     /// `fdatasync`s the file if it was written since the last call.
     pub fn sync(&mut self) -> Result<()> {
         if self.dirty {
-            self.file
-                .sync_data()
-                .map_err(|e| FileStoreError::io("fdatasync", &self.path, e))?;
+            fsutil::sync_data(&self.file, &self.path)?;
             self.dirty = false;
         }
         Ok(())

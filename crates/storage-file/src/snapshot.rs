@@ -14,11 +14,17 @@
 //! ([`SnapshotStore::reader`]) checks the header when it opens the file and the data's
 //! CRC32C when it reaches the end: a mismatch fails that last read with
 //! [`StorageError::Corrupt`] (wrapped in the `io::Error`).
+//!
+//! Retention ([`SnapshotStore::retain`]) runs from snapshot builds and installs at the same
+//! time: it is serialized by a lock inside the store, a file already gone is not an error,
+//! and it never removes the newest snapshot nor one that has an open reader.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::BufMut;
 use lockstep_core::codec::{self, Reader};
@@ -42,6 +48,45 @@ const IO_BUFFER: usize = 256 << 10;
 pub struct FileSnapshotStore {
     dir: PathBuf,
     tmp_seq: AtomicU64,
+    /// Open readers per snapshot; held by [`FileSnapshotStore::retain`] throughout, which
+    /// serializes retention and keeps a reader from opening a file while it is judged.
+    readers: Arc<Mutex<Readers>>,
+}
+
+/// Number of open readers of each committed snapshot.
+type Readers = BTreeMap<LogId, usize>;
+
+fn lock_readers(r: &Mutex<Readers>) -> MutexGuard<'_, Readers> {
+    // The map holds plain counters, consistent even if a holder panicked.
+    r.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Counts one open reader of a committed snapshot until dropped.
+struct ReaderGuard {
+    readers: Arc<Mutex<Readers>>,
+    id: LogId,
+}
+
+impl ReaderGuard {
+    fn register(readers: &Arc<Mutex<Readers>>, id: LogId) -> Self {
+        *lock_readers(readers).entry(id).or_insert(0) += 1;
+        Self {
+            readers: readers.clone(),
+            id,
+        }
+    }
+}
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        let mut r = lock_readers(&self.readers);
+        if let Some(n) = r.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                r.remove(&self.id);
+            }
+        }
+    }
 }
 
 /// File name of the snapshot whose last entry is `id`.
@@ -150,6 +195,7 @@ impl FileSnapshotStore {
         Ok(Self {
             dir,
             tmp_seq: AtomicU64::new(0),
+            readers: Arc::new(Mutex::new(Readers::new())),
         })
     }
 
@@ -221,26 +267,62 @@ impl FileSnapshotStore {
     }
 
     fn reader_inner(&self, last: LogId) -> Result<Option<SnapshotReader>> {
-        open_reader(&self.path_of(last), last)
+        // Registered before the file is opened: a retention running now either sees the
+        // reader and keeps the file, or removed it first and the open finds nothing.
+        let guard = ReaderGuard::register(&self.readers, last);
+        open_reader(&self.path_of(last), last, Some(guard))
     }
 
     fn list_inner(&self) -> Result<Vec<SnapshotMeta>> {
         let mut out = Vec::new();
         for id in self.ids()? {
             let path = self.path_of(id);
-            let mut f = File::open(&path).map_err(|e| FileStoreError::io("open", &path, e))?;
+            let mut f = match File::open(&path) {
+                Ok(f) => f,
+                // Removed by a retention since it was listed.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(FileStoreError::io("open", &path, e)),
+            };
             out.push(read_head(&path, &mut f)?.meta);
         }
         Ok(out)
     }
 
+    /// Removes all but the newest `keep` snapshots (always keeping the newest one), except
+    /// those with an open reader, one retention at a time.
     fn retain_inner(&self, keep: usize) -> Result<()> {
+        let readers = lock_readers(&self.readers);
         let ids = self.ids()?;
-        let n = ids.len().saturating_sub(keep);
-        for id in &ids[..n] {
-            fsutil::remove(&self.path_of(*id))?;
+        self.remove_old(&readers, &ids, keep)
+    }
+
+    /// Removes snapshot `last` (one the state machine refused), under the retention lock;
+    /// a snapshot already gone is fine.
+    fn remove_inner(&self, last: LogId) -> Result<()> {
+        let _readers = lock_readers(&self.readers);
+        if fsutil::remove_if_exists(&self.path_of(last))? {
+            fsutil::sync_dir(&self.dir)?;
         }
-        if n > 0 {
+        Ok(())
+    }
+
+    /// The removal step of [`FileSnapshotStore::retain_inner`], given the listed `ids`
+    /// (oldest first), some of which may be gone already.
+    fn remove_old(&self, readers: &Readers, ids: &[LogId], keep: usize) -> Result<()> {
+        let n = ids.len().saturating_sub(keep.max(1));
+        let mut removed = false;
+        for id in &ids[..n] {
+            if readers.contains_key(id) {
+                tracing::debug!(snapshot = %id, "keeping an old snapshot that is being read");
+                continue;
+            }
+            if fsutil::remove_if_exists(&self.path_of(*id))? {
+                removed = true;
+            } else {
+                tracing::debug!(snapshot = %id, "old snapshot already removed");
+            }
+        }
+        if removed {
             fsutil::sync_dir(&self.dir)?;
         }
         Ok(())
@@ -270,8 +352,13 @@ fn read_head(path: &Path, f: &mut File) -> Result<Header> {
     parse_header(path, &buf, file_len)
 }
 
-/// Opens the snapshot file at `path`, which must hold snapshot `last`.
-fn open_reader(path: &Path, last: LogId) -> Result<Option<SnapshotReader>> {
+/// Opens the snapshot file at `path`, which must hold snapshot `last`; the reader holds
+/// `guard` (if any) until dropped.
+fn open_reader(
+    path: &Path,
+    last: LogId,
+    guard: Option<ReaderGuard>,
+) -> Result<Option<SnapshotReader>> {
     let mut f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -296,6 +383,7 @@ fn open_reader(path: &Path, last: LogId) -> Result<Option<SnapshotReader>> {
             crc: 0,
             expected: h.data_crc,
             checked: false,
+            _guard: guard,
         }),
     )))
 }
@@ -309,6 +397,8 @@ struct DataReader {
     crc: u32,
     expected: u32,
     checked: bool,
+    /// Keeps a committed snapshot from being removed while it is read.
+    _guard: Option<ReaderGuard>,
 }
 
 impl DataReader {
@@ -452,7 +542,7 @@ struct FileStaged {
 impl StagedSnapshot for FileStaged {
     fn reader(&self) -> Result<SnapshotReader, StorageError> {
         let tmp = self.tmp.as_ref().map(|t| t.0.clone()).unwrap_or_default();
-        open_reader(&tmp, self.last)?.ok_or_else(|| {
+        open_reader(&tmp, self.last, None)?.ok_or_else(|| {
             FileStoreError::io(
                 "open",
                 &tmp,
@@ -502,5 +592,56 @@ impl SnapshotStore for FileSnapshotStore {
 
     fn retain(&self, keep: usize) -> Result<(), StorageError> {
         Ok(self.retain_inner(keep)?)
+    }
+
+    fn remove(&self, last: LogId) -> Result<(), StorageError> {
+        Ok(self.remove_inner(last)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use lockstep_core::MembershipConfig;
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: LogId::new(1, index),
+            membership: MembershipConfig::new_voters([1, 2, 3]),
+        }
+    }
+
+    #[test]
+    fn retention_after_a_snapshot_file_vanished_is_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileSnapshotStore::open(dir.path()).unwrap();
+        for i in 1..=4 {
+            s.save(&meta(i), Bytes::from(vec![i as u8; 100])).unwrap();
+        }
+        let ids = s.ids().unwrap();
+        // Another retention removes the oldest after this one listed it.
+        std::fs::remove_file(s.path_of(ids[0])).unwrap();
+        s.remove_old(&Readers::new(), &ids, 2).unwrap();
+        assert_eq!(s.ids().unwrap(), ids[2..]);
+        // All listed ones gone: nothing to do, still fine.
+        for id in &ids[..3] {
+            let _ = std::fs::remove_file(s.path_of(*id));
+        }
+        s.remove_old(&Readers::new(), &ids, 1).unwrap();
+        s.retain_inner(1).unwrap();
+        assert_eq!(s.ids().unwrap(), ids[3..]);
+    }
+
+    #[test]
+    fn a_refused_snapshot_is_removed_and_removing_a_missing_one_is_fine() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileSnapshotStore::open(dir.path()).unwrap();
+        s.save(&meta(1), Bytes::from_static(b"one")).unwrap();
+        s.save(&meta(2), Bytes::from_static(b"two")).unwrap();
+        SnapshotStore::remove(&s, meta(2).last_log_id).unwrap();
+        assert!(s.reader(meta(2).last_log_id).unwrap().is_none());
+        assert!(s.reader(meta(1).last_log_id).unwrap().is_some());
+        SnapshotStore::remove(&s, meta(2).last_log_id).unwrap();
     }
 }

@@ -442,20 +442,8 @@ impl LogStore for FileLogStore {
     }
 
     fn entries(&mut self, from: Index, to: Index) -> Result<Vec<Entry>, StorageError> {
-        if from > to {
+        if !lockstep_core::storage::check_entries_range(from, to, (self.offset, self.last))? {
             return Ok(Vec::new());
-        }
-        if from <= self.offset.index {
-            return Err(StorageError::Compacted {
-                index: from,
-                first_kept_after: self.offset.index,
-            });
-        }
-        if to > self.last.index {
-            return Err(StorageError::Unavailable {
-                index: to,
-                last: self.last.index,
-            });
         }
         Ok(self.read_range(from, to)?)
     }

@@ -167,6 +167,56 @@ fn corruption_in_the_middle_names_file_and_offset_and_changes_nothing() {
 }
 
 #[test]
+fn a_damaged_synced_record_holding_zero_sectors_is_corruption_not_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let zeros = Entry {
+        log_id: LogId::new(Suite::entry(3).log_id.term, 3),
+        payload: EntryPayload::Command {
+            session: None,
+            data: Bytes::from(vec![0u8; 4096]),
+        },
+    };
+    let entries = vec![
+        Suite::entry(1),
+        Suite::entry(2),
+        zeros,
+        Suite::entry(4),
+        Suite::entry(5),
+    ];
+    {
+        let mut s = FileLogStore::open_with(dir.path(), small()).unwrap();
+        s.append(&entries).unwrap();
+        s.sync().unwrap();
+    }
+    let segs = segments(dir.path());
+    assert_eq!(segs.len(), 1);
+    let seg = &segs[0];
+    let offs = record_offsets(seg);
+    assert_eq!(offs.len(), 5);
+    // One bit flipped inside the synced record, among its zeros.
+    let at = offs[2] + 2000;
+    flip(seg, at);
+    expect_corrupt(dir.path(), seg, offs[2]);
+    // A flip in its header too (and a length that then overruns the file).
+    flip(seg, at);
+    flip(seg, offs[2] + 3);
+    expect_corrupt(dir.path(), seg, offs[2]);
+    flip(seg, offs[2] + 3);
+    assert_eq!(load_all(dir.path(), small()), entries);
+}
+
+#[test]
+fn a_zeroed_header_of_a_last_segment_holding_valid_records_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), small(), 1000);
+    let last = segments(dir.path()).pop().unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; HEADER_LEN], 0).unwrap();
+    drop(f);
+    expect_corrupt(dir.path(), &last, 0);
+}
+
+#[test]
 fn reads_verify_checksums() {
     let dir = tempfile::tempdir().unwrap();
     let opts = FileLogOptions {
@@ -526,4 +576,71 @@ fn a_snapshot_streams_in_and_out_through_a_temporary_file_that_only_commit_publi
     let err = lockstep_core::storage::storage_error_from_io(err, "reading");
     assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
     assert!(err.to_string().contains(&name), "{err}");
+}
+
+#[test]
+fn concurrent_retention_while_snapshots_are_committed_never_fails() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(FileSnapshotStore::open(dir.path()).unwrap());
+    let done = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for k in 0..3 {
+        let s = s.clone();
+        let done = done.clone();
+        threads.push(std::thread::spawn(move || -> Result<u64, StorageError> {
+            let mut rounds = 0u64;
+            while !done.load(Ordering::Relaxed) && rounds < 1_000_000 {
+                if k == 2 {
+                    s.list()?;
+                } else {
+                    s.retain(2)?;
+                }
+                rounds += 1;
+            }
+            Ok(rounds)
+        }));
+    }
+    for i in 1..=150 {
+        s.save(&meta(1, i), Bytes::from(vec![i as u8; 2000]))
+            .unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    for t in threads {
+        let rounds = t.join().unwrap().unwrap();
+        assert!(rounds > 0);
+    }
+    s.retain(2).unwrap();
+    let ids: Vec<LogId> = s.list().unwrap().iter().map(|m| m.last_log_id).collect();
+    assert_eq!(ids, vec![LogId::new(1, 149), LogId::new(1, 150)]);
+}
+
+#[test]
+fn retention_keeps_the_newest_snapshot_and_those_being_read() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let s = FileSnapshotStore::open(dir.path()).unwrap();
+    for i in 1..=3 {
+        s.save(&meta(1, i), Bytes::from(vec![i as u8; 300_000]))
+            .unwrap();
+    }
+    let oldest = LogId::new(1, 1);
+    let mut r = s.reader(oldest).unwrap().unwrap();
+    let mut head = [0u8; 10];
+    r.read_exact(&mut head).unwrap();
+    s.retain(0).unwrap();
+    let ids: Vec<LogId> = s.list().unwrap().iter().map(|m| m.last_log_id).collect();
+    assert_eq!(
+        ids,
+        vec![oldest, LogId::new(1, 3)],
+        "newest or read one removed"
+    );
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest.len(), 300_000 - 10);
+    drop(r);
+    s.retain(1).unwrap();
+    let ids: Vec<LogId> = s.list().unwrap().iter().map(|m| m.last_log_id).collect();
+    assert_eq!(ids, vec![LogId::new(1, 3)]);
 }

@@ -60,10 +60,11 @@ pub(crate) enum DirState {
     RocksDb,
 }
 
-/// Creates `dir` if needed and tells whether it is empty or a RocksDB database; anything
-/// else (another backend's files) is [`RocksStoreError::Incompatible`].
+/// Creates `dir` if needed (syncing the parent of every directory created) and tells
+/// whether it is empty or a RocksDB database; anything else (another backend's files) is
+/// [`RocksStoreError::Incompatible`].
 pub(crate) fn inspect_dir(dir: &Path, what: &str) -> Result<DirState> {
-    std::fs::create_dir_all(dir).map_err(|source| RocksStoreError::Io {
+    lockstep_core::storage::create_dir_all_synced(dir).map_err(|source| RocksStoreError::Io {
         op: "create directory",
         path: dir.to_path_buf(),
         source,

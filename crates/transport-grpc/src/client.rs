@@ -2,8 +2,10 @@
 //!
 //! It finds the leader (from `NotLeader` hints with the leader's address, or by trying the
 //! known addresses in turn), retries on leader changes and unknown outcomes until the call's
-//! deadline, and attaches a session (a random client id and an increasing sequence) to every
-//! proposal, so a retried command is applied at most once.
+//! deadline (with jittered backoff), and attaches a session (a random client id and an
+//! increasing sequence) to every proposal, so a retried command is applied at most once.
+//! Concurrent proposals each take a session of their own from a bounded pool
+//! ([`ClientConfig::max_sessions`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -59,8 +61,13 @@ pub struct ClientConfig {
     pub attempt_timeout: Duration,
     /// Deadline for establishing a connection.
     pub connect_timeout: Duration,
-    /// First delay between retries; doubled up to 1 s.
+    /// First delay between retries; doubled up to 1 s, each delay drawn at random from its
+    /// upper half (jitter), so clients that failed together do not retry together.
     pub retry_backoff: Duration,
+    /// Proposals one client keeps in flight at once, each under a session of its own
+    /// (client id and sequence), so every one is still applied exactly once. Proposals
+    /// beyond it wait for one to finish.
+    pub max_sessions: usize,
     /// Largest message sent or accepted, in bytes.
     pub max_message_bytes: usize,
     /// TLS; plain text if `None`.
@@ -76,6 +83,7 @@ impl ClientConfig {
             attempt_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(2),
             retry_backoff: Duration::from_millis(20),
+            max_sessions: 64,
             max_message_bytes: 16 << 20,
             tls: None,
         }
@@ -90,6 +98,9 @@ impl ClientConfig {
         };
         if self.cluster_id.trim().is_empty() {
             return bad("cluster_id", "must not be empty");
+        }
+        if self.max_sessions == 0 || self.max_sessions > 4096 {
+            return bad("max_sessions", "must be between 1 and 4096");
         }
         for (key, d) in [
             ("timeout", self.timeout),
@@ -210,15 +221,41 @@ struct State {
     channels: HashMap<String, Channel>,
 }
 
-/// A client of a lockstep cluster. Proposals through one `Client` are issued one at a time
-/// (their sessions must apply in order); use several clients for parallel writes. Reads
-/// run concurrently.
+/// A client of a lockstep cluster. Share it between tasks: up to
+/// [`ClientConfig::max_sessions`] proposals run at once, each under its own session (a
+/// session's commands must apply in order, so one session carries one proposal at a
+/// time), and reads run concurrently.
 pub struct Client {
     cfg: ClientConfig,
     tls: Option<ClientTlsConfig>,
     client_id: u64,
-    sequence: tokio::sync::Mutex<u64>,
+    sessions: SessionPool,
     state: Mutex<State>,
+}
+
+/// Sessions not carrying a proposal right now, with the last sequence each used, and a
+/// limit on how many exist.
+struct SessionPool {
+    idle: Mutex<Vec<ClientSession>>,
+    created: AtomicU64,
+    slots: tokio::sync::Semaphore,
+}
+
+impl SessionPool {
+    fn new(first: u64, max: usize) -> Self {
+        Self {
+            idle: Mutex::new(vec![ClientSession {
+                client_id: first,
+                sequence: 0,
+            }]),
+            created: AtomicU64::new(1),
+            slots: tokio::sync::Semaphore::new(max),
+        }
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Vec<ClientSession>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -244,6 +281,16 @@ fn random_client_id() -> u64 {
     h.write_u32(std::process::id());
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
     h.finish().max(1)
+}
+
+/// A delay drawn at random from the upper half of `d` (`d/2..=d`).
+fn jitter(d: Duration) -> Duration {
+    let half = d / 2;
+    let span = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+    if span == 0 {
+        return d;
+    }
+    half + Duration::from_nanos(random_client_id() % (span + 1))
 }
 
 fn retryable_code(code: tonic::Code) -> bool {
@@ -286,11 +333,12 @@ impl Client {
             }
             c
         });
+        let client_id = random_client_id();
         let client = Client {
+            sessions: SessionPool::new(client_id, config.max_sessions),
             cfg: config,
             tls,
-            client_id: random_client_id(),
-            sequence: tokio::sync::Mutex::new(0),
+            client_id,
             state: Mutex::new(State {
                 addrs,
                 next: 0,
@@ -459,7 +507,7 @@ impl Client {
             tracing::debug!(client = self.client_id, error = %last, "retrying");
             if !immediate {
                 let left = deadline.saturating_duration_since(Instant::now());
-                tokio::time::sleep(backoff.min(left)).await;
+                tokio::time::sleep(jitter(backoff).min(left)).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
@@ -514,7 +562,7 @@ impl Client {
             if left.is_zero() {
                 return Err(ClientError::Unavailable(last));
             }
-            tokio::time::sleep(self.cfg.retry_backoff.min(left)).await;
+            tokio::time::sleep(jitter(self.cfg.retry_backoff).min(left)).await;
         }
     }
 
@@ -522,13 +570,32 @@ impl Client {
     /// session until the deadline, so it is applied at most once.
     pub async fn propose(&self, command: impl Into<Bytes>) -> Result<Bytes, ClientError> {
         let command = command.into();
-        let mut seq = self.sequence.lock().await;
-        *seq += 1;
-        let session = ClientSession {
-            client_id: self.client_id,
-            sequence: *seq,
-        };
-        self.propose_with_session(session, command).await
+        let _slot = self
+            .sessions
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| ClientError::Unavailable("the client is closed".into()))?;
+        let idle = self.sessions.idle().pop();
+        let mut session = idle.unwrap_or_else(|| {
+            self.sessions.created.fetch_add(1, Ordering::Relaxed);
+            ClientSession {
+                client_id: random_client_id(),
+                sequence: 0,
+            }
+        });
+        session.sequence += 1;
+        let r = self.propose_with_session(session, command).await;
+        // The sequence is used up whatever the outcome: a retry of it after a give-up
+        // would be a new command.
+        self.sessions.idle().push(session);
+        r
+    }
+
+    /// Sessions this client has created so far (at most [`ClientConfig::max_sessions`]):
+    /// one per proposal it ever had in flight at the same time.
+    pub fn sessions(&self) -> usize {
+        self.sessions.created.load(Ordering::Relaxed) as usize
     }
 
     /// As [`Client::propose`] with a session chosen by the caller.

@@ -185,3 +185,64 @@ async fn scenario() {
         }
     }
 }
+
+/// One `Client` shared by many tasks keeps many proposals in flight, each under a session
+/// of its own (so each is still applied exactly once, thesis §6.3), never more sessions
+/// than `max_sessions`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_keeps_many_proposals_in_flight_each_under_its_own_session_thesis_6_3() {
+    let nodes = start_cluster(&[1, 2, 3], None).await;
+    wait_for_leader(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(10)).await;
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr_string()).collect();
+    for max in [64, 4] {
+        let client = std::sync::Arc::new(
+            Client::connect(
+                addrs.clone(),
+                ClientConfig {
+                    max_sessions: max,
+                    ..ClientConfig::new(CLUSTER)
+                },
+            )
+            .await
+            .expect("client connects"),
+        );
+        let puts = (0..32).map(|i| {
+            let c = client.clone();
+            async move { c.put(format!("{max}-{}", key(i)), value(i)).await }
+        });
+        for (i, r) in futures_util::future::join_all(puts)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(r.unwrap(), None, "put {i} applied once, on an absent key");
+        }
+        assert_eq!(
+            client.sessions(),
+            max.min(32),
+            "sessions with max_sessions {max}"
+        );
+        for i in 0..32 {
+            let got = client.get(format!("{max}-{}", key(i))).await.unwrap();
+            assert_eq!(got.as_deref(), Some(value(i).as_bytes()));
+        }
+    }
+    let bad = Client::connect(
+        addrs,
+        ClientConfig {
+            max_sessions: 0,
+            ..ClientConfig::new(CLUSTER)
+        },
+    )
+    .await;
+    assert!(
+        matches!(
+            bad,
+            Err(ClientError::Config {
+                key: "max_sessions",
+                ..
+            })
+        ),
+        "{bad:?}"
+    );
+}

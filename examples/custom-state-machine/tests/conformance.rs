@@ -7,15 +7,17 @@ use bytes::Bytes;
 use custom_state_machine::CounterStateMachine;
 use lockstep::testing::sm_suite::BoxError;
 use lockstep::testing::{StateMachineBuilder, StateMachineTestSuite};
+use lockstep::MinimalStateMachine;
 
 struct CounterBuilder;
 
 #[async_trait]
 impl StateMachineBuilder for CounterBuilder {
-    type Machine = CounterStateMachine;
+    // A minimal (`StateMachineTrait`) machine runs in the suite through its adapter.
+    type Machine = MinimalStateMachine<CounterStateMachine>;
 
     async fn build(&self, _dir: &Path) -> Result<Self::Machine, BoxError> {
-        Ok(CounterStateMachine::new())
+        Ok(CounterStateMachine::new().into())
     }
 
     fn command(&self, _i: u64) -> Bytes {

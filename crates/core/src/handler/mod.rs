@@ -42,6 +42,12 @@ pub trait StateMachineHandler: Send + Sync + 'static {
     /// Answers a read-only query against the applied state.
     fn query(&self, query: &[u8]) -> CommandResult;
 
+    /// True if queries must go through the log like commands, because the machine has no
+    /// read-only query path ([`StateMachine::read_only_queries`]). Default: false.
+    fn queries_through_log(&self) -> bool {
+        false
+    }
+
     /// Last applied index.
     fn applied(&self) -> Index;
 
@@ -238,6 +244,15 @@ impl DefaultStateMachineHandler {
         }
     }
 
+    /// True while a self-persisting machine holds entries past the handler's bookkeeping
+    /// (after a restart, until they were fed again): a snapshot now would label the
+    /// machine's newer state with an older index.
+    fn replaying(&self, st: &Applied) -> bool {
+        self.machine
+            .last_applied()
+            .is_some_and(|own| own.index > st.last.index)
+    }
+
     /// Applies a run of commands that need the state machine, recording sessions.
     async fn flush(
         &self,
@@ -282,22 +297,24 @@ impl StateMachineHandler for DefaultStateMachineHandler {
             let own = self.machine.last_applied().unwrap_or_default();
             if own.index >= meta.last_log_id.index {
                 // The machine persists itself and is already past the snapshot: keep its
-                // state, take the sessions and membership from the snapshot.
+                // state, take the sessions and membership from the snapshot. The entries
+                // after the snapshot that the machine already holds are fed again by the
+                // runtime (from the reported applied index): they are not applied twice,
+                // but the session table learns them, so a retry of one of them is still
+                // recognised as a duplicate.
                 st.membership = header.meta.membership;
                 st.sessions = header.sessions;
                 st.snapshot = meta.last_log_id;
-                st.last = own;
+                st.last = meta.last_log_id;
                 self.applied
-                    .store(own.index, std::sync::atomic::Ordering::Release);
+                    .store(meta.last_log_id.index, std::sync::atomic::Ordering::Release);
             } else {
                 let reader = self.stored(meta)?;
                 self.restore_from(&mut st, meta, reader).await?;
             }
-        } else if let Some(own) = self.machine.last_applied() {
-            st.last = own;
-            self.applied
-                .store(own.index, std::sync::atomic::Ordering::Release);
         }
+        // Without a snapshot, a self-persisting machine's entries are fed again from the
+        // start of the log, for the session table (see above).
         Ok(Opened {
             applied: st.last.index,
             snapshot,
@@ -373,6 +390,10 @@ impl StateMachineHandler for DefaultStateMachineHandler {
         self.machine.query(query)
     }
 
+    fn queries_through_log(&self) -> bool {
+        !self.machine.read_only_queries()
+    }
+
     fn applied(&self) -> Index {
         self.applied.load(std::sync::atomic::Ordering::Acquire)
     }
@@ -382,6 +403,7 @@ impl StateMachineHandler for DefaultStateMachineHandler {
             return false;
         };
         st.last.index > st.snapshot.index
+            && !self.replaying(&st)
             && self.policy.should_snapshot(&SnapshotStats {
                 entries_since: st.entries_since,
                 bytes_since: st.bytes_since,
@@ -394,7 +416,7 @@ impl StateMachineHandler for DefaultStateMachineHandler {
         let writing = |e| storage_error_from_io(e, "writing a snapshot");
         let (meta, written) = {
             let mut st = self.state.lock().await;
-            if st.last.index <= st.snapshot.index {
+            if st.last.index <= st.snapshot.index || self.replaying(&st) {
                 return Ok(None);
             }
             let meta = SnapshotMeta {
@@ -465,21 +487,43 @@ impl StateMachineHandler for DefaultStateMachineHandler {
             .lock()
             .ok()
             .and_then(|mut g| g.take_if(|(m, _)| m == meta))
-            .map(|(_, s)| s)
-            .ok_or(HandlerError::MissingSnapshot(meta.last_log_id))?;
+            .map(|(_, s)| s);
+        let Some(staged) = staged else {
+            // Installed already (a resent message after the install finished): nothing to do.
+            let st = self.state.lock().await;
+            if st.snapshot == meta.last_log_id && self.store.reader(meta.last_log_id)?.is_some() {
+                return Ok(());
+            }
+            return Err(HandlerError::MissingSnapshot(meta.last_log_id));
+        };
         let _installing = Installing::mark(&self.installing, meta.last_log_id);
         // Checked as it arrived; checked again as a whole before anything is replaced.
         self.verify(meta, staged.reader()?).await?;
-        let mut st = self.state.lock().await;
-        self.restore_from(&mut st, meta, staged.reader()?).await?;
+        // Into the store first, then into the machine: a failed commit leaves the machine
+        // and the applied index as they were, so the leader's next attempt is taken again
+        // (the other order left a restored machine without its stored snapshot, and every
+        // resend was answered "not needed" while the install kept failing).
         let store = self.store.clone();
+        tokio::task::spawn_blocking(move || staged.commit())
+            .await
+            .map_err(|e| StorageError::Other(format!("snapshot writer task failed: {e}")))??;
+        let mut st = self.state.lock().await;
+        let reader = self.stored(meta)?;
+        if let Err(e) = self.restore_from(&mut st, meta, reader).await {
+            // Not kept: a snapshot the machine refused must never be a fallback at start.
+            let last = meta.last_log_id;
+            let s = store.clone();
+            let removed = tokio::task::spawn_blocking(move || s.remove(last)).await;
+            if let Ok(Err(r)) = removed {
+                tracing::warn!(snapshot = %last, error = %r, "could not remove a snapshot the machine refused");
+            }
+            return Err(e);
+        }
+        drop(st);
         let keep = self.keep;
-        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
-            staged.commit()?;
-            store.retain(keep)
-        })
-        .await
-        .map_err(|e| StorageError::Other(format!("snapshot writer task failed: {e}")))??;
+        tokio::task::spawn_blocking(move || store.retain(keep))
+            .await
+            .map_err(|e| StorageError::Other(format!("snapshot retention task failed: {e}")))??;
         tracing::info!(snapshot = %meta.last_log_id, "snapshot installed");
         Ok(())
     }

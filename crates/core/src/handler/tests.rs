@@ -44,7 +44,7 @@ fn handler(
     let m = Arc::new(Log::default());
     let store = MemSnapshotStore::new();
     let h = DefaultStateMachineHandler::new(
-        Arc::new(crate::state_machine::SharedStateMachine(m.clone())),
+        Arc::new(crate::state_machine::MinimalStateMachine::new(m.clone())),
         Arc::new(store.clone()),
         policy,
     );
@@ -145,7 +145,7 @@ async fn the_policy_triggers_a_snapshot_that_restores_state_and_sessions_7() {
     // A new node restores it: same state, and the session table came along.
     let m2 = Arc::new(Log::default());
     let h2 = DefaultStateMachineHandler::new(
-        Arc::new(crate::state_machine::SharedStateMachine(m2.clone())),
+        Arc::new(crate::state_machine::MinimalStateMachine::new(m2.clone())),
         Arc::new(store),
         Never,
     );
@@ -262,7 +262,7 @@ async fn a_missing_recorded_snapshot_falls_back_to_a_newer_stored_one() {
     store2.save(&new, data).unwrap();
     let m2 = Arc::new(Log::default());
     let h2 = DefaultStateMachineHandler::new(
-        Arc::new(crate::state_machine::SharedStateMachine(m2.clone())),
+        Arc::new(crate::state_machine::MinimalStateMachine::new(m2.clone())),
         Arc::new(store2),
         Never,
     );
@@ -295,7 +295,7 @@ async fn a_stored_snapshot_damaged_at_rest_is_refused_at_open_before_anything_is
     let m2 = Arc::new(Log::default());
     m2.0.lock().unwrap().push(b"old".to_vec());
     let h2 = DefaultStateMachineHandler::new(
-        Arc::new(crate::state_machine::SharedStateMachine(m2.clone())),
+        Arc::new(crate::state_machine::MinimalStateMachine::new(m2.clone())),
         Arc::new(damaged),
         Never,
     );
@@ -319,10 +319,303 @@ async fn a_large_machine_snapshot_round_trips_through_the_streaming_envelope() {
     let meta = h.build_snapshot().await.unwrap().unwrap();
     let m2 = Arc::new(Log::default());
     let h2 = DefaultStateMachineHandler::new(
-        Arc::new(crate::state_machine::SharedStateMachine(m2.clone())),
+        Arc::new(crate::state_machine::MinimalStateMachine::new(m2.clone())),
         Arc::new(store),
         Never,
     );
     assert_eq!(h2.open(Some(&meta)).await.unwrap().applied, 2);
     assert_eq!(*m2.0.lock().unwrap(), *m.0.lock().unwrap());
+}
+
+/// A KV (`SET k v`) that persists itself: its state and last applied entry survive a
+/// "restart" (a new handler over the same machine), as the sled and RocksDB machines do.
+#[derive(Default)]
+struct Persisting(Mutex<KvImage>);
+
+/// The persisted map and the last entry applied to it.
+type KvImage = (std::collections::BTreeMap<Vec<u8>, Vec<u8>>, LogId);
+
+impl Persisting {
+    fn get(&self, k: &[u8]) -> Option<Vec<u8>> {
+        self.0.lock().unwrap().0.get(k).cloned()
+    }
+}
+
+#[async_trait]
+impl StateMachine for Persisting {
+    async fn apply(&self, c: &Command) -> Result<CommandResult, crate::error::StateMachineError> {
+        let mut parts = c.data.splitn(3, |b| *b == b' ');
+        let (Some(b"SET"), Some(k), Some(v)) = (parts.next(), parts.next(), parts.next()) else {
+            return Ok(Err(CommandError("unknown command".into())));
+        };
+        let mut g = self.0.lock().unwrap();
+        let prev = g.0.insert(k.to_vec(), v.to_vec());
+        g.1 = c.log_id;
+        Ok(Ok(Bytes::from(prev.unwrap_or_default())))
+    }
+    fn query(&self, q: &[u8]) -> CommandResult {
+        Ok(Bytes::from(self.get(q).unwrap_or_default()))
+    }
+    async fn snapshot(
+        &self,
+        out: &mut (dyn Write + Send),
+    ) -> Result<(), crate::error::StateMachineError> {
+        let g = self.0.lock().unwrap();
+        for (k, v) in &g.0 {
+            out.write_all(&[k.as_slice(), b"=", v.as_slice(), b"\n"].concat())
+                .map_err(|e| crate::error::StateMachineError::Other(e.to_string()))?;
+        }
+        Ok(())
+    }
+    async fn restore(
+        &self,
+        last: LogId,
+        input: &mut (dyn std::io::Read + Send),
+    ) -> Result<(), crate::error::StateMachineError> {
+        let mut data = Vec::new();
+        input
+            .read_to_end(&mut data)
+            .map_err(|e| crate::error::StateMachineError::Other(e.to_string()))?;
+        let mut g = self.0.lock().unwrap();
+        g.0 = data
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| {
+                let i = l.iter().position(|b| *b == b'=')?;
+                Some((l[..i].to_vec(), l[i + 1..].to_vec()))
+            })
+            .collect();
+        g.1 = last;
+        Ok(())
+    }
+    fn last_applied(&self) -> Option<LogId> {
+        Some(self.0.lock().unwrap().1)
+    }
+}
+
+/// Regression (sessions lost on restart): a self-persisting machine that restarts with no
+/// newer snapshot must still recognise a client's retry of a command it applied before the
+/// restart. Before the fix, `open` reported the machine's own index as applied, the
+/// session records of the entries after the snapshot were never rebuilt, and the retry of
+/// (client 7, seq 1) set `k` back to "a" on this replica only.
+#[tokio::test]
+async fn a_retry_after_a_restart_of_a_self_persisting_machine_is_not_applied_again_thesis_6_3() {
+    for with_snapshot in [false, true] {
+        let m = Arc::new(Persisting::default());
+        let store = MemSnapshotStore::new();
+        let start = || {
+            DefaultStateMachineHandler::new(
+                Arc::new(crate::state_machine::SharedStateMachine(m.clone())),
+                Arc::new(store.clone()),
+                Never,
+            )
+        };
+        let log = [
+            cmd(1, b"SET x 1", None),
+            cmd(2, b"SET k a", Some((7, 1))),
+            cmd(3, b"SET k b", Some((8, 1))),
+        ];
+        let h = start();
+        assert_eq!(h.open(None).await.unwrap().applied, 0);
+        h.apply(&log[..1]).await.unwrap();
+        let snap = if with_snapshot {
+            h.build_snapshot().await.unwrap()
+        } else {
+            None
+        };
+        h.apply(&log[1..]).await.unwrap();
+        drop(h);
+
+        // Restart: the runtime feeds the log again from the applied index `open` reports.
+        let h = start();
+        let opened = h.open(snap.as_ref()).await.unwrap();
+        assert_eq!(opened.applied, u64::from(with_snapshot), "{with_snapshot}");
+        assert_eq!(h.applied(), opened.applied);
+        assert!(
+            h.build_snapshot().await.unwrap().is_none(),
+            "no snapshot while the machine is ahead of the session records"
+        );
+        let again = h.apply(&log[opened.applied as usize..]).await.unwrap();
+        assert!(
+            again.iter().all(|(_, r)| r.is_err()),
+            "entries the machine holds are not applied again: {again:?}"
+        );
+        assert_eq!(m.get(b"k").as_deref(), Some(&b"b"[..]));
+
+        let out = h.apply(&[cmd(4, b"SET k a", Some((7, 1)))]).await.unwrap();
+        assert_eq!(
+            m.get(b"k").as_deref(),
+            Some(&b"b"[..]),
+            "the retry of (7, 1) was applied a second time (snapshot: {with_snapshot})"
+        );
+        assert!(out[0].1.is_err(), "{out:?}");
+        assert_eq!(h.applied(), 4);
+        let fresh = h.apply(&[cmd(5, b"SET k c", Some((7, 2)))]).await.unwrap();
+        assert_eq!(fresh[0].1, Ok(Bytes::from("b")));
+        assert!(h.build_snapshot().await.unwrap().is_some());
+    }
+}
+
+/// A snapshot store whose next staged commit fails once (a full disk, say).
+#[derive(Clone, Default)]
+struct FailingCommit {
+    inner: MemSnapshotStore,
+    fail_next: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct FailingWriter(Box<dyn SnapshotWriter>, Arc<std::sync::atomic::AtomicBool>);
+struct FailingStaged(Box<dyn StagedSnapshot>, Arc<std::sync::atomic::AtomicBool>);
+
+impl Write for FailingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl SnapshotWriter for FailingWriter {
+    fn finish(self: Box<Self>) -> Result<Box<dyn StagedSnapshot>, StorageError> {
+        Ok(Box::new(FailingStaged(self.0.finish()?, self.1)))
+    }
+}
+
+impl StagedSnapshot for FailingStaged {
+    fn reader(&self) -> Result<SnapshotReader, StorageError> {
+        self.0.reader()
+    }
+    fn commit(self: Box<Self>) -> Result<(), StorageError> {
+        if self.1.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(StorageError::Other("injected: commit failed".into()));
+        }
+        self.0.commit()
+    }
+}
+
+impl SnapshotStore for FailingCommit {
+    fn writer(&self, meta: &SnapshotMeta) -> Result<Box<dyn SnapshotWriter>, StorageError> {
+        Ok(Box::new(FailingWriter(
+            self.inner.writer(meta)?,
+            self.fail_next.clone(),
+        )))
+    }
+    fn reader(&self, last: LogId) -> Result<Option<SnapshotReader>, StorageError> {
+        self.inner.reader(last)
+    }
+    fn list(&self) -> Result<Vec<SnapshotMeta>, StorageError> {
+        self.inner.list()
+    }
+    fn retain(&self, keep: usize) -> Result<(), StorageError> {
+        self.inner.retain(keep)
+    }
+}
+
+/// Regression (follower livelock): a staged commit that fails once must leave the follower
+/// able to take the leader's next attempt. Before the fix the machine was restored first,
+/// so the applied index was already past the snapshot: every resend was answered "not
+/// needed" and every install failed with `MissingSnapshot`, forever.
+#[tokio::test]
+async fn a_failed_snapshot_commit_leaves_the_follower_able_to_take_the_resend_7() {
+    let (leader, _, _) = handler(Never);
+    leader
+        .apply(&[cmd(1, b"x", None), cmd(2, b"y", None)])
+        .await
+        .unwrap();
+    let meta = leader.build_snapshot().await.unwrap().unwrap();
+    let data = data_of(&leader, &meta).await;
+
+    let fm = Arc::new(Log::default());
+    let store = FailingCommit::default();
+    let f = DefaultStateMachineHandler::new(
+        Arc::new(crate::state_machine::MinimalStateMachine::new(fm.clone())),
+        Arc::new(store.clone()),
+        Never,
+    );
+    f.apply(&[cmd(1, b"q", None)]).await.unwrap();
+    store
+        .fail_next
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    receive(&f, &meta, &data).await.unwrap();
+    let err = f.install_snapshot(&meta).await.unwrap_err();
+    assert!(err.to_string().contains("injected"), "{err}");
+    assert_eq!(f.applied(), 1, "nothing replaced by a failed install");
+    assert_eq!(*fm.0.lock().unwrap(), vec![b"q".to_vec()]);
+
+    // The leader resends: the follower wants the data again and installs it.
+    receive(&f, &meta, &data).await.unwrap();
+    f.install_snapshot(&meta).await.unwrap();
+    assert_eq!(f.applied(), 2);
+    assert_eq!(fm.0.lock().unwrap().len(), 2);
+    // A resent message after the install is answered without data and installs nothing.
+    assert!(f.receive_snapshot(&meta).await.unwrap().is_none());
+    f.install_snapshot(&meta).await.unwrap();
+}
+
+/// The seed's "WAL-backed" pattern as a minimal machine: it persists every command with the
+/// log position it came from, and reports that position after a restart.
+#[derive(Default)]
+struct WalCounter(Mutex<(i64, LogId)>);
+
+impl StateMachineTrait for WalCounter {
+    fn apply(&self, _command: &[u8]) -> Result<Bytes, String> {
+        Err("apply_at is used".into())
+    }
+    fn apply_at(&self, at: LogId, command: &[u8]) -> Result<Bytes, String> {
+        let mut g = self.0.lock().unwrap();
+        if command == b"INCREMENT" {
+            g.0 += 1;
+        }
+        g.1 = at;
+        Ok(Bytes::from(g.0.to_string()))
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.lock().unwrap().0.to_le_bytes().to_vec()
+    }
+    fn restore(&self, _s: &[u8]) -> Result<(), String> {
+        Err("restore_at is used".into())
+    }
+    fn restore_at(&self, last: LogId, s: &[u8]) -> Result<(), String> {
+        let b: [u8; 8] = s.try_into().map_err(|_| "bad snapshot")?;
+        *self.0.lock().unwrap() = (i64::from_le_bytes(b), last);
+        Ok(())
+    }
+    fn last_applied(&self) -> Option<LogId> {
+        Some(self.0.lock().unwrap().1)
+    }
+}
+
+/// Regression (a self-persisting minimal machine was applied twice): the minimal trait had
+/// no `last_applied`, so after a restart the handler replayed the whole log on top of what
+/// the machine already held.
+#[tokio::test]
+async fn a_self_persisting_minimal_machine_restarted_mid_log_is_not_applied_again() {
+    let m = Arc::new(WalCounter::default());
+    let store = MemSnapshotStore::new();
+    let start = || {
+        DefaultStateMachineHandler::new(
+            Arc::new(crate::state_machine::MinimalStateMachine::new(m.clone())),
+            Arc::new(store.clone()),
+            Never,
+        )
+    };
+    let log: Vec<Entry> = (1..=6).map(|i| cmd(i, b"INCREMENT", None)).collect();
+    let h = start();
+    h.open(None).await.unwrap();
+    h.apply(&log[..2]).await.unwrap();
+    let snap = h.build_snapshot().await.unwrap().unwrap();
+    h.apply(&log[2..4]).await.unwrap();
+    drop(h);
+    assert_eq!(m.0.lock().unwrap().0, 4);
+
+    // Restart mid-log (the runtime feeds from the applied index open reports).
+    let h = start();
+    let opened = h.open(Some(&snap)).await.unwrap();
+    h.apply(&log[opened.applied as usize..]).await.unwrap();
+    assert_eq!(
+        m.0.lock().unwrap().0,
+        6,
+        "entries 3 and 4 were applied a second time (or 5 and 6 not at all)"
+    );
+    assert_eq!(h.applied(), 6);
 }

@@ -92,14 +92,14 @@ impl Raft {
 
     /// Leader timers: heartbeats (which are also read rounds), check-quorum (thesis §6.2),
     /// snapshot and transfer timeouts.
-    pub(crate) fn tick_leader(&mut self) {
+    pub(crate) fn tick_leader(&mut self, n: u64) {
         let election = u64::from(self.cfg.election_ticks);
         let heartbeat = u64::from(self.cfg.heartbeat_ticks);
         let Some(ls) = self.leader_state.as_mut() else {
             return;
         };
-        ls.heartbeat_elapsed += 1;
-        ls.check_quorum_elapsed += 1;
+        ls.heartbeat_elapsed = ls.heartbeat_elapsed.saturating_add(n);
+        ls.check_quorum_elapsed = ls.check_quorum_elapsed.saturating_add(n);
         let beat = ls.heartbeat_elapsed >= heartbeat;
         if beat {
             ls.heartbeat_elapsed = 0;
@@ -108,7 +108,9 @@ impl Raft {
         let mut retry_snapshot: Vec<NodeId> = Vec::new();
         for (id, pr) in ls.progress.iter_mut() {
             if let super::progress::ReplicationState::Snapshot(_) = pr.state {
-                pr.snapshot_ticks += 1;
+                pr.snapshot_ticks = pr
+                    .snapshot_ticks
+                    .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
                 if u64::from(pr.snapshot_ticks) > 5 * election {
                     retry_snapshot.push(*id);
                 }
@@ -132,7 +134,7 @@ impl Raft {
                 return;
             }
         }
-        self.tick_transfer();
+        self.tick_transfer(n);
         if beat && self.is_leader() {
             self.start_read_round();
         }

@@ -9,8 +9,8 @@ use crate::types::{EntryPayload, LogId, NodeId, Term};
 
 impl Raft {
     /// Followers and candidates: start an election when the randomized timeout expires.
-    pub(crate) fn tick_election(&mut self) {
-        self.election_elapsed += 1;
+    pub(crate) fn tick_election(&mut self, n: u64) {
+        self.election_elapsed = self.election_elapsed.saturating_add(n);
         if self.election_elapsed >= u64::from(self.cfg.election_ticks) {
             self.sticky_after_start = false;
         }

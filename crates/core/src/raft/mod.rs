@@ -279,7 +279,8 @@ impl Raft {
     /// Feeds one event. The resulting actions accumulate until [`Raft::take_actions`].
     pub fn step(&mut self, event: Event) {
         match event {
-            Event::Tick => self.tick(),
+            Event::Tick => self.tick(1),
+            Event::Ticks(n) => self.tick(n),
             Event::Message(m) => self.step_message(m),
             Event::Propose(ps) => self.propose(ps),
             Event::Read { id, consistency } => self.read(id, consistency),
@@ -450,12 +451,16 @@ impl Raft {
         }
     }
 
-    fn tick(&mut self) {
-        self.now += 1;
+    /// `n` ticks passed (one, or a whole gap after a stall).
+    fn tick(&mut self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.now += n;
         if self.role == Role::Leader {
-            self.tick_leader();
+            self.tick_leader(n);
         } else {
-            self.tick_election();
+            self.tick_election(n);
         }
     }
 

@@ -63,7 +63,7 @@ impl Raft {
         self.send(to, MessageBody::TimeoutNow);
     }
 
-    pub(crate) fn tick_transfer(&mut self) {
+    pub(crate) fn tick_transfer(&mut self, n: u64) {
         let limit = u64::from(self.cfg.election_ticks);
         let Some(ls) = self.leader_state.as_mut() else {
             return;
@@ -71,7 +71,7 @@ impl Raft {
         let Some(t) = ls.transfer.as_mut() else {
             return;
         };
-        t.elapsed += 1;
+        t.elapsed = t.elapsed.saturating_add(n);
         if t.elapsed >= limit {
             let Some(t) = ls.transfer.take() else { return };
             ls.lease_revoked |= t.sent;

@@ -16,7 +16,7 @@ use crate::event::ClientError;
 use crate::handler::{DefaultStateMachineHandler, EntriesSince};
 use crate::membership::MembershipConfig;
 use crate::raft::Role;
-use crate::state_machine::{SharedStateMachine, StateMachine};
+use crate::state_machine::{IntoStateMachine, StateMachine};
 use crate::storage::{LogStore, MemDisk, MemSnapshotStore, SnapshotStore};
 use crate::transport::ChannelNetwork;
 use crate::types::{ClientSession, NodeId};
@@ -77,17 +77,20 @@ struct Member<S> {
 
 /// A cluster of nodes in this process. Clones share the same cluster, so load generators
 /// and the test that crashes nodes can hold it at the same time.
-pub struct InProcessCluster<S: StateMachine> {
+pub struct InProcessCluster<S: Send + Sync + 'static> {
     network: ChannelNetwork,
     factory: Arc<dyn Fn(NodeId) -> S + Send + Sync>,
+    /// How a machine the factory built runs (a full or a minimal machine).
+    into: fn(Arc<S>) -> Arc<dyn StateMachine>,
     members: Arc<Mutex<BTreeMap<NodeId, Member<S>>>>,
     storage: Arc<dyn ClusterStorage>,
     opts: ClusterOptions,
 }
 
-impl<S: StateMachine> Clone for InProcessCluster<S> {
+impl<S: Send + Sync + 'static> Clone for InProcessCluster<S> {
     fn clone(&self) -> Self {
         Self {
+            into: self.into,
             network: self.network.clone(),
             storage: self.storage.clone(),
             factory: self.factory.clone(),
@@ -97,25 +100,33 @@ impl<S: StateMachine> Clone for InProcessCluster<S> {
     }
 }
 
-impl<S: StateMachine> InProcessCluster<S> {
+impl<S: Send + Sync + 'static> InProcessCluster<S> {
     /// Starts a new cluster on in-memory storage whose founding voters are `voters`;
-    /// `factory` builds each node's state machine (again after a crash).
-    pub async fn start(
+    /// `factory` builds each node's state machine (again after a crash): a
+    /// [`StateMachine`] or a minimal [`crate::StateMachineTrait`] machine.
+    pub async fn start<K>(
         voters: impl IntoIterator<Item = NodeId>,
         factory: impl Fn(NodeId) -> S + Send + Sync + 'static,
         opts: ClusterOptions,
-    ) -> Result<Self, StartError> {
+    ) -> Result<Self, StartError>
+    where
+        Arc<S>: IntoStateMachine<K>,
+    {
         Self::start_on(voters, factory, Arc::new(MemoryStorage::default()), opts).await
     }
 
     /// As [`InProcessCluster::start`], with the nodes' storage from `storage`.
-    pub async fn start_on(
+    pub async fn start_on<K>(
         voters: impl IntoIterator<Item = NodeId>,
         factory: impl Fn(NodeId) -> S + Send + Sync + 'static,
         storage: Arc<dyn ClusterStorage>,
         opts: ClusterOptions,
-    ) -> Result<Self, StartError> {
+    ) -> Result<Self, StartError>
+    where
+        Arc<S>: IntoStateMachine<K>,
+    {
         let c = Self {
+            into: |m| IntoStateMachine::<K>::into_state_machine(m),
             network: ChannelNetwork::new(),
             factory: Arc::new(factory),
             members: Arc::default(),
@@ -146,7 +157,7 @@ impl<S: StateMachine> InProcessCluster<S> {
             .map_err(|e| StorageError::Other(format!("opening storage panicked: {e}")))??;
         let machine = Arc::new((self.factory)(id));
         let handler = DefaultStateMachineHandler::new(
-            Arc::new(SharedStateMachine(machine.clone())),
+            (self.into)(machine.clone()),
             snapshots,
             EntriesSince(self.opts.snapshot_every),
         );

@@ -37,8 +37,10 @@ pub(crate) struct Core {
     pub(crate) next_id: RequestId,
     /// Lease reads served outside the core (see `lease.rs`).
     pub(crate) lease: Arc<super::lease::LeaseCell>,
-    /// Scheduled time of the last tick the protocol saw.
-    pub(crate) last_tick: std::time::Instant,
+    /// The monotonic instant the protocol's clock counts ticks from.
+    pub(crate) clock_start: std::time::Instant,
+    /// Ticks the protocol was told about: its clock reads `clock_start + ticks_done * tick`.
+    pub(crate) ticks_done: u64,
     /// The log store, when it is written on this task (it never blocks).
     pub(crate) inline: Option<InlineLog>,
     /// Set by a simulated crash: nothing more is synced.
@@ -107,7 +109,8 @@ enum Flow {
 impl Core {
     pub(crate) async fn run(mut self) {
         let mut ticker = tokio::time::interval(self.cfg.tick);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Missed ticks are not replayed one by one: `catch_up` reports the whole gap.
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let mut ticks = 0u64;
         let mut proposals = Vec::new();
         let mut applier_ops = self.inline.as_mut().and_then(|i| i.from_applier.take());
@@ -118,9 +121,7 @@ impl Core {
                     self.write(op);
                     None
                 }
-                at = ticker.tick() => {
-                    self.last_tick = at.into_std();
-                    self.raft.step(Event::Tick);
+                _ = ticker.tick() => {
                     ticks += 1;
                     None
                 }
@@ -129,6 +130,9 @@ impl Core {
                     None => break,
                 },
             };
+            // Before any input is handled: the protocol's clock is the monotonic clock, so
+            // after a stall no lease is served from ticks that were never counted.
+            self.catch_up();
             let mut flow = Flow::Continue;
             if let Some(input) = first {
                 flow = self.handle(input, &mut proposals);
@@ -161,6 +165,42 @@ impl Core {
             }
             self.publish(ticks % 10 == 0);
         }
+    }
+
+    /// Tells the protocol every tick that is due on the monotonic clock since the last one
+    /// (one in the ordinary case; the whole gap after a stall).
+    fn catch_up(&mut self) {
+        let tick = self.cfg.tick.as_nanos().max(1);
+        let since = std::time::Instant::now().saturating_duration_since(self.clock_start);
+        let due = u64::try_from(since.as_nanos() / tick).unwrap_or(u64::MAX);
+        if due <= self.ticks_done {
+            return;
+        }
+        let n = due - self.ticks_done;
+        self.ticks_done = due;
+        if n == 1 {
+            self.raft.step(Event::Tick);
+        } else {
+            if n > 2 {
+                tracing::debug!(
+                    node = self.raft.id(),
+                    ticks = n,
+                    "the node was stalled; its clock jumps"
+                );
+            }
+            self.raft.step(Event::Ticks(n));
+        }
+    }
+
+    /// The monotonic instant the protocol's clock reads.
+    fn protocol_now(&self) -> std::time::Instant {
+        let nanos = self
+            .cfg
+            .tick
+            .as_nanos()
+            .saturating_mul(u128::from(self.ticks_done));
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX);
+        self.clock_start + std::time::Duration::from_nanos(nanos)
     }
 
     fn handle(&mut self, input: Input, proposals: &mut Vec<Proposal>) -> Flow {
@@ -371,7 +411,7 @@ impl Core {
                 .cfg
                 .tick
                 .saturating_mul(u32::try_from(ticks).unwrap_or(u32::MAX));
-            (self.last_tick + left, index)
+            (self.protocol_now() + left, index)
         });
         self.lease.publish(grant);
     }

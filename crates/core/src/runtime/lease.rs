@@ -6,9 +6,11 @@
 //! runs on the caller's task if the lease still holds and the state machine has applied
 //! that index; otherwise it takes the ordinary path through the protocol.
 //!
-//! The wall-clock end is conservative: it counts the lease's remaining ticks from the
-//! scheduled time of the last tick, and ticks only ever run late, so it never ends after
-//! the protocol's own lease would.
+//! The end is conservative and on the monotonic clock the protocol's ticks are counted on:
+//! it counts the lease's remaining ticks from the instant the protocol's clock reads, which
+//! is never ahead of the real one. The core catches the protocol's clock up with the real
+//! one before it handles any input (a stalled node's whole gap at once), so a node that was
+//! paused past its lease neither publishes nor serves one from ticks it never counted.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;

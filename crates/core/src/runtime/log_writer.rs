@@ -108,12 +108,20 @@ pub(crate) fn run_batch(
                 snaps.push(Event::SnapshotBuilt(meta));
             }
             LogOp::SnapshotInstalled { meta, reset_log } => {
+                // The snapshot is recorded durably before any entry goes: a crash in
+                // between must never leave a log purged past the snapshot it names (which
+                // no start can recover from). A crash after the record and before the log
+                // is fixed up is completed at the next start (`recovery::complete_install`).
+                store.save_snapshot_meta(&meta)?;
+                if killed.load(Ordering::Acquire) {
+                    return Ok((Vec::new(), true));
+                }
+                store.sync()?;
                 if reset_log {
                     let (offset, _) = store.bounds();
                     store.truncate(offset.index + 1)?;
                 }
                 store.purge(meta.last_log_id)?;
-                store.save_snapshot_meta(&meta)?;
                 snaps.push(Event::SnapshotInstalled(meta));
             }
             LogOp::Stop => stop = true,
@@ -132,4 +140,121 @@ pub(crate) fn run_batch(
     }
     events.extend(snaps);
     Ok((events, stop))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::MembershipConfig;
+    use crate::storage::{MemDisk, MemLogStore, StoredLog};
+    use crate::types::{EntryPayload, Term};
+
+    /// A store whose purges and truncations are durable at once (as a file store's unlink of
+    /// whole segments is), and which keeps what a crash right after each of them would leave.
+    struct EagerDeletes {
+        inner: MemLogStore,
+        crashes: Vec<StoredLog>,
+    }
+
+    impl EagerDeletes {
+        fn crash_now(&mut self) -> Result<(), crate::error::StorageError> {
+            // Only what was already synced, plus this deletion, survives.
+            let disk: MemDisk = self.inner.disk();
+            self.crashes.push(disk.open().load()?);
+            Ok(())
+        }
+    }
+
+    impl LogStore for EagerDeletes {
+        fn load(&mut self) -> Result<StoredLog, crate::error::StorageError> {
+            self.inner.load()
+        }
+        fn append(&mut self, e: &[Entry]) -> Result<(), crate::error::StorageError> {
+            self.inner.append(e)
+        }
+        fn truncate(&mut self, from: Index) -> Result<(), crate::error::StorageError> {
+            // Durable at once: a copy that syncs only the deletion.
+            let mut d = self.inner.disk().open();
+            d.truncate(from)?;
+            d.sync()?;
+            self.inner.truncate(from)?;
+            self.crash_now()
+        }
+        fn purge(&mut self, up_to: LogId) -> Result<(), crate::error::StorageError> {
+            let mut d = self.inner.disk().open();
+            d.purge(up_to)?;
+            d.sync()?;
+            self.inner.purge(up_to)?;
+            self.crash_now()
+        }
+        fn save_hard_state(&mut self, hs: &HardState) -> Result<(), crate::error::StorageError> {
+            self.inner.save_hard_state(hs)
+        }
+        fn save_snapshot_meta(
+            &mut self,
+            m: &SnapshotMeta,
+        ) -> Result<(), crate::error::StorageError> {
+            self.inner.save_snapshot_meta(m)
+        }
+        fn sync(&mut self) -> Result<(), crate::error::StorageError> {
+            self.inner.sync()
+        }
+        fn entries(
+            &mut self,
+            from: Index,
+            to: Index,
+        ) -> Result<Vec<Entry>, crate::error::StorageError> {
+            self.inner.entries(from, to)
+        }
+        fn term(&mut self, index: Index) -> Result<Option<Term>, crate::error::StorageError> {
+            self.inner.term(index)
+        }
+        fn bounds(&self) -> (LogId, LogId) {
+            self.inner.bounds()
+        }
+    }
+
+    fn e(term: Term, index: Index) -> Entry {
+        Entry {
+            log_id: LogId::new(term, index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    /// Regression (a crash during snapshot install bricked the node): the log writer made
+    /// the purge durable before the snapshot record, so a crash in between left "log purged
+    /// up to 1-120 but the snapshot only covers 0-0" and every start failed with
+    /// `PurgedBeyondSnapshot`. Every crash point must leave a log that starts at or before
+    /// the snapshot it names.
+    #[test]
+    fn a_crash_at_any_point_of_a_snapshot_install_leaves_a_startable_log_7() {
+        for reset_log in [false, true] {
+            let mut inner = MemLogStore::new();
+            inner.append(&[e(1, 1), e(1, 2), e(1, 3)]).unwrap();
+            inner.sync().unwrap();
+            let mut store = EagerDeletes {
+                inner,
+                crashes: Vec::new(),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: LogId::new(1, 120),
+                membership: MembershipConfig::default(),
+            };
+            let mut batch = vec![LogOp::SnapshotInstalled {
+                meta: meta.clone(),
+                reset_log,
+            }];
+            let (events, _) = run_batch(&mut store, &mut batch, &AtomicBool::new(false)).unwrap();
+            assert!(matches!(events.as_slice(), [Event::SnapshotInstalled(m)] if *m == meta));
+            assert!(!store.crashes.is_empty());
+            for crashed in &store.crashes {
+                let named = crashed.snapshot.as_ref().map_or(0, |m| m.last_log_id.index);
+                assert!(
+                    crashed.log_offset.index <= named,
+                    "log purged up to {} but the snapshot only covers {named} (reset_log: {reset_log})",
+                    crashed.log_offset
+                );
+            }
+        }
+    }
 }

@@ -19,6 +19,7 @@ mod core;
 mod input;
 mod lease;
 mod log_writer;
+mod recovery;
 mod status;
 
 pub use self::config::RuntimeConfig;
@@ -297,7 +298,8 @@ impl Node {
         } = parts;
         let id = raft_cfg.id;
         let (stored, log_store) = tokio::task::spawn_blocking(move || {
-            let mut stored = log_store.load()?;
+            let stored = log_store.load()?;
+            let mut stored = recovery::complete_install(log_store.as_mut(), stored)?;
             let fresh = stored.entries.is_empty()
                 && stored.snapshot.is_none()
                 && stored.log_offset == Default::default()
@@ -362,7 +364,8 @@ impl Node {
             pending: Default::default(),
             next_id: 1,
             lease: lease.clone(),
-            last_tick: std::time::Instant::now(),
+            clock_start: std::time::Instant::now(),
+            ticks_done: 0,
             inline,
             killed: killed.clone(),
             fatal: None,
@@ -466,6 +469,10 @@ impl Node {
         level: ReadLevel,
     ) -> Result<Bytes, NodeError> {
         let query = self.checked(query.into())?;
+        if self.handler.queries_through_log() {
+            // No read-only path: a query is a command, applied on every replica alike.
+            return self.propose(query).await;
+        }
         let consistency = match level {
             ReadLevel::Eventual => return self.query(query).await,
             // While the lease holds and its commit index is applied, the protocol would
@@ -483,9 +490,14 @@ impl Node {
     }
 
     /// Runs a query against the local state machine as it is now (eventual consistency).
+    /// For a machine without a read-only query path the query goes through the log instead
+    /// (leader only, linearizable): it is never applied to this replica alone.
     pub async fn query(&self, query: impl AsRef<[u8]>) -> Result<Bytes, NodeError> {
         if self.tx.is_closed() {
             return Err(self.stopped_error());
+        }
+        if self.handler.queries_through_log() {
+            return self.propose(Bytes::copy_from_slice(query.as_ref())).await;
         }
         self.handler
             .query(query.as_ref())

@@ -1,11 +1,14 @@
 //! The replicated state machine users bring: [`StateMachine`] (the full, async trait), the
-//! seed-shaped minimal [`StateMachineTrait`] that adapts to it blanket-wise, and the default
+//! seed-shaped minimal [`StateMachineTrait`] (adapted by [`MinimalStateMachine`]; every API
+//! that takes a machine takes either kind through [`IntoStateMachine`]), and the default
 //! [`KvStateMachine`].
 
 mod compat;
 mod kv;
 
-pub use compat::{SharedStateMachine, StateMachineTrait};
+pub use compat::{
+    kind, IntoStateMachine, MinimalStateMachine, SharedStateMachine, StateMachineTrait,
+};
 pub use kv::{KvCommand, KvQuery, KvResponse, KvStateMachine};
 
 use std::io::{Read, Write};
@@ -56,8 +59,16 @@ pub trait StateMachine: Send + Sync + 'static {
         Ok(out)
     }
 
-    /// Answers a read-only query against the current state. Must not change the state.
+    /// Answers a read-only query against the current state. Must not change the state: a
+    /// query runs on one replica only, so a change would make that replica diverge.
     fn query(&self, query: &[u8]) -> CommandResult;
+
+    /// False if the machine has no read-only query path: the node then sends every query
+    /// through the log like a command (applied on every replica, linearizable) instead of
+    /// calling [`StateMachine::query`]. Default: true.
+    fn read_only_queries(&self) -> bool {
+        true
+    }
 
     /// Writes a snapshot of the complete current state to `out`.
     async fn snapshot(&self, out: &mut (dyn Write + Send)) -> Result<(), StateMachineError>;

@@ -282,6 +282,11 @@ impl SnapshotStore for MemSnapshotStore {
         }
         Ok(())
     }
+
+    fn remove(&self, last: LogId) -> Result<(), StorageError> {
+        self.lock()?.remove(&last);
+        Ok(())
+    }
 }
 
 /// A snapshot being written into a [`MemSnapshotStore`].

@@ -13,8 +13,10 @@
 //! successful `sync` is present, and any later ones are either fully present or absent, in
 //! order: the log is a prefix of what was written, never a log with holes.
 
+mod dir;
 mod memory;
 
+pub use dir::{create_dir_all_synced, sync_dir};
 pub use memory::{MemDisk, MemLogStore, MemSnapshotStore};
 
 use std::io::{Read, Write};
@@ -231,6 +233,33 @@ impl Read for Poisoned {
     }
 }
 
+/// The bounds check of [`LogStore::entries`], shared by the stores: `Ok(false)` for an
+/// empty range (`from > to`), [`StorageError::Compacted`] below the purge point,
+/// [`StorageError::Unavailable`] beyond the last entry, `Ok(true)` when `from..=to` can be
+/// read. `bounds` is the store's [`LogStore::bounds`].
+pub fn check_entries_range(
+    from: Index,
+    to: Index,
+    (offset, last): (LogId, LogId),
+) -> Result<bool, StorageError> {
+    if from > to {
+        return Ok(false);
+    }
+    if from <= offset.index {
+        return Err(StorageError::Compacted {
+            index: from,
+            first_kept_after: offset.index,
+        });
+    }
+    if to > last.index {
+        return Err(StorageError::Unavailable {
+            index: to,
+            last: last.index,
+        });
+    }
+    Ok(true)
+}
+
 /// Reads until `buf` is full or the input ends (retrying interrupted reads); returns the
 /// bytes read, fewer than `buf.len()` only at the end of the input.
 pub fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -308,6 +337,15 @@ pub trait SnapshotStore: Send + Sync + 'static {
 
     /// Deletes all but the newest `keep` snapshots.
     fn retain(&self, keep: usize) -> Result<(), StorageError>;
+
+    /// Deletes the snapshot whose last entry is `last`, if stored (a snapshot the state
+    /// machine refused to restore). A snapshot already gone is not an error. The default
+    /// keeps it, for stores that cannot delete one snapshot: [`SnapshotStore::retain`]
+    /// removes it in time.
+    fn remove(&self, last: LogId) -> Result<(), StorageError> {
+        let _ = last;
+        Ok(())
+    }
 
     /// Stores a complete snapshot durably (through [`SnapshotStore::writer`]); returns only
     /// once it is durable. Replaces a snapshot with the same `last_log_id`.

@@ -120,6 +120,16 @@ impl StateMachineTrait for Journal {
         *self.values.lock().map_err(|_| "journal lock poisoned")? = v;
         Ok(())
     }
+
+    /// `ALL` is answered read-only (reads are served without the log); anything else is
+    /// not a query.
+    fn query(&self, query: &[u8]) -> Option<std::result::Result<Bytes, String>> {
+        Some(if query == b"ALL" {
+            Ok(Bytes::from(encode_values(&self.values())))
+        } else {
+            Err(format!("unknown query of {} bytes", query.len()))
+        })
+    }
 }
 
 /// Short ticks and timeouts so scenarios take well under a second of cluster time each.

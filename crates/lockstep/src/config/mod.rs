@@ -269,6 +269,19 @@ pub struct Config {
     pub tls: Option<TlsSection>,
 }
 
+/// The values a TOML file with only `node_id = 1` gives, except `data_dir`, which is
+/// `lockstep-data` (the default file storage needs one): a single node that joins no
+/// cluster. Override fields with struct update syntax:
+/// `Config { node_id: 2, data_dir: "data/n2".into(), ..Config::default() }`.
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("lockstep-data"),
+            ..Self::new(1)
+        }
+    }
+}
+
 /// Peers are a TOML table keyed by node id; TOML keys are strings, so parse them.
 fn peers_de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<NodeId, String>, D::Error> {
     let raw: BTreeMap<String, String> = BTreeMap::deserialize(d)?;
