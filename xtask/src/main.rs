@@ -122,7 +122,12 @@ fn test() -> Result<()> {
     examples()?;
     let seeds = TEST_SEEDS.to_string();
     sim(&["--seeds".into(), seeds])?;
-    run(&cargo, &["build", "--benches", "-p", "lockstep-benches"])?;
+    // In the release profile, as `bench` builds the cluster benchmark next: RocksDB's C++
+    // is compiled once for both, not once more for a dev build of the benches.
+    run(
+        &cargo,
+        &["build", "--release", "--benches", "-p", "lockstep-benches"],
+    )?;
     bench(&["--quick".into()])?;
     eprintln!(
         "\nall checks passed in {:.0} s",
@@ -154,6 +159,13 @@ fn feature_matrix() -> Result<()> {
 /// Runs every example binary once, as a smoke test: each must finish and exit 0.
 fn examples() -> Result<()> {
     run(&cargo(), &["run", "--quiet", "-p", "custom-state-machine"])?;
+    // Both seed guides' examples, adapted only in imports (their tests run under nextest).
+    for bin in ["octopii-guide", "d-engine-guide"] {
+        run(
+            &cargo(),
+            &["run", "--quiet", "-p", "seed-guides", "--bin", bin],
+        )?;
+    }
     run(&cargo(), &["run", "--quiet", "-p", "quickstart"])
     // The sled-cluster and rocksdb-cluster examples run as 3-process smoke tests under
     // nextest (their tests/smoke.rs).

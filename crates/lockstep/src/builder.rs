@@ -290,6 +290,7 @@ fn open_file(c: &Config) -> Result<NodeStorage, BuildError> {
     Ok((Box::new(log), Arc::new(snaps)))
 }
 
+#[cfg(any(feature = "sled", feature = "rocksdb"))]
 fn storage_err(c: &Config, e: impl std::fmt::Display) -> BuildError {
     BuildError::Storage {
         backend: c.storage.name(),

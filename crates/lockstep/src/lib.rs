@@ -30,6 +30,8 @@ pub mod builder;
 pub mod cli;
 pub mod config;
 pub mod data_dir;
+#[cfg(doctest)]
+mod doc_tests;
 #[cfg(feature = "grpc")]
 pub mod network;
 #[cfg(all(feature = "testing", feature = "grpc"))]
@@ -48,7 +50,7 @@ pub use lockstep_core::runtime::cluster::{
 pub use lockstep_core::runtime::{Node, NodeStatus, ReadLevel, RuntimeConfig};
 pub use lockstep_core::state_machine::{
     Command, IntoStateMachine, KvCommand, KvQuery, KvResponse, KvStateMachine, MinimalStateMachine,
-    StateMachine, StateMachineTrait,
+    SnapshotView, StateMachine, StateMachineTrait,
 };
 pub use lockstep_core::transport::{ChannelNetwork, Transport};
 pub use lockstep_core::{

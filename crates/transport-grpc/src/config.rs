@@ -135,6 +135,9 @@ pub struct GrpcConfig {
     pub reconnect_backoff_min: Duration,
     /// Longest delay between reconnection attempts.
     pub reconnect_backoff_max: Duration,
+    /// `WatchLeader` streams served at once; one more is refused with
+    /// `RESOURCE_EXHAUSTED` until one ends.
+    pub max_watch_streams: usize,
     /// TLS (and mutual TLS); plain text if `None`.
     pub tls: Option<TlsConfig>,
 }
@@ -158,6 +161,7 @@ impl GrpcConfig {
             peer_queue_len: 4096,
             reconnect_backoff_min: Duration::from_millis(20),
             reconnect_backoff_max: Duration::from_secs(2),
+            max_watch_streams: 1024,
             tls: None,
         }
     }
@@ -186,6 +190,9 @@ impl GrpcConfig {
         }
         if self.node_id == 0 {
             return Err(ConfigError::new("node_id", "0", "a non-zero node id"));
+        }
+        if self.max_watch_streams == 0 {
+            return Err(ConfigError::new("max_watch_streams", "0", "at least 1"));
         }
         let tls = self.tls.is_some();
         for (id, addr) in &self.peers {

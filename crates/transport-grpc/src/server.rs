@@ -157,6 +157,8 @@ impl GrpcServer {
             max_snapshot_bytes: config.max_snapshot_bytes,
             tls: config.tls.is_some(),
             closing: closing_rx,
+            watch_slots: Arc::new(tokio::sync::Semaphore::new(config.max_watch_streams)),
+            max_watch_streams: config.max_watch_streams,
         });
         let peer = PeerServer::new(PeerService {
             shared: shared.clone(),
@@ -218,6 +220,10 @@ struct Shared {
     tls: bool,
     /// Becomes true when the server starts shutting down.
     closing: watch::Receiver<bool>,
+    /// One permit per `WatchLeader` stream being served.
+    watch_slots: Arc<tokio::sync::Semaphore>,
+    /// The limit behind `watch_slots`, for the refusal.
+    max_watch_streams: usize,
 }
 
 /// Completes once the server is shutting down.
@@ -706,10 +712,24 @@ impl ClientApi for ClientService {
     ) -> Result<Response<Self::WatchLeaderStream>, Status> {
         self.shared
             .check_client(request.get_ref().header.as_ref())?;
+        let slot = self
+            .shared
+            .watch_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "too many WatchLeader streams on node {}: the limit is {} \
+                     (max_watch_streams); retry when one has ended",
+                    self.shared.node_id, self.shared.max_watch_streams
+                ))
+            })?;
         let (tx, rx) = mpsc::channel(16);
         let mut status = self.node.watch_status();
         let shared = self.shared.clone();
         tokio::spawn(async move {
+            // Held while the stream is served.
+            let _slot = slot;
             let mut last = None;
             loop {
                 let (event, stopped) = {

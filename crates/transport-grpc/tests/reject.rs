@@ -415,3 +415,39 @@ async fn a_snapshot_the_node_already_holds_is_answered_at_once_without_its_data(
     assert_eq!(ack.get_ref().received, 0, "no data was taken");
     assert!(n.node.status().stopped.is_none());
 }
+
+/// `WatchLeader` streams are bounded: one past `max_watch_streams` is refused with
+/// `RESOURCE_EXHAUSTED` naming the limit, and a slot frees when a stream ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_leader_streams_beyond_the_limit_are_refused_until_one_ends() {
+    let mut cfg = config(1, None);
+    cfg.max_watch_streams = 2;
+    let n = start_node(cfg, Some(MembershipConfig::new_voters([1]))).await;
+    wait_for_leader(&[&n], Duration::from_secs(10)).await;
+    let client = Client::connect(vec![n.addr_string()], ClientConfig::new(CLUSTER))
+        .await
+        .unwrap();
+    let first = client.watch_leader().await.unwrap();
+    let _second = client.watch_leader().await.unwrap();
+    match client.watch_leader().await {
+        Err(ClientError::Rpc { code, message }) => {
+            assert_eq!(code, Code::ResourceExhausted, "{message}");
+            assert!(message.contains("max_watch_streams"), "{message}");
+        }
+        other => panic!("a third stream was served: {:?}", other.map(|_| ())),
+    }
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.watch_leader().await {
+            Ok(_s) => break,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no slot freed after a stream ended: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}

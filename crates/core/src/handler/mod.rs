@@ -423,13 +423,20 @@ impl StateMachineHandler for DefaultStateMachineHandler {
                 last_log_id: st.last,
                 membership: st.membership.clone(),
             };
-            // The machine writes straight into the store's writer, framed in the envelope:
-            // the snapshot is never held whole in memory.
-            let out = self.store.writer(&meta)?;
-            let mut env =
-                envelope::EnvelopeWriter::new(out, &meta, &st.sessions).map_err(writing)?;
-            self.machine.snapshot(&mut env).await?;
-            let written = env.finish().map_err(writing)?;
+            // Only what the snapshot is of is taken while applies wait: its id, sessions,
+            // membership and, from a machine that can, a point-in-time view of its state.
+            let written = match self.machine.snapshot_view() {
+                Some(view) => Err((view, st.sessions.clone())),
+                None => {
+                    // The machine writes straight into the store's writer, framed in the
+                    // envelope: the snapshot is never held whole in memory.
+                    let out = self.store.writer(&meta)?;
+                    let mut env =
+                        envelope::EnvelopeWriter::new(out, &meta, &st.sessions).map_err(writing)?;
+                    self.machine.snapshot(&mut env).await?;
+                    Ok(env.finish().map_err(writing)?)
+                }
+            };
             st.snapshot = st.last;
             st.entries_since = 0;
             st.bytes_since = 0;
@@ -438,9 +445,21 @@ impl StateMachineHandler for DefaultStateMachineHandler {
         };
         let store = self.store.clone();
         let keep = self.keep;
-        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+        let m = meta.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), HandlerError> {
+            let written = match written {
+                Ok(w) => w,
+                Err((view, sessions)) => {
+                    // Applies go on meanwhile: the view is of the state at `meta`.
+                    let out = store.writer(&m)?;
+                    let mut env =
+                        envelope::EnvelopeWriter::new(out, &m, &sessions).map_err(writing)?;
+                    view.write_to(&mut env)?;
+                    env.finish().map_err(writing)?
+                }
+            };
             written.finish()?.commit()?;
-            store.retain(keep)
+            Ok(store.retain(keep)?)
         })
         .await
         .map_err(|e| StorageError::Other(format!("snapshot writer task failed: {e}")))??;

@@ -619,3 +619,118 @@ async fn a_self_persisting_minimal_machine_restarted_mid_log_is_not_applied_agai
     );
     assert_eq!(h.applied(), 6);
 }
+
+/// A journal whose snapshot view writes only when released, to see what waits for it.
+#[derive(Default)]
+struct GatedViews {
+    log: Mutex<Vec<u8>>,
+    gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    taken: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+}
+
+struct GatedView(Vec<u8>, Option<std::sync::mpsc::Receiver<()>>);
+
+impl crate::state_machine::SnapshotView for GatedView {
+    fn write_to(
+        self: Box<Self>,
+        out: &mut (dyn Write + Send),
+    ) -> Result<(), crate::error::StateMachineError> {
+        if let Some(gate) = &self.1 {
+            let _ = gate.recv();
+        }
+        out.write_all(&self.0)
+            .map_err(|e| crate::error::StateMachineError::Other(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl StateMachine for GatedViews {
+    async fn apply(&self, c: &Command) -> Result<CommandResult, crate::error::StateMachineError> {
+        let mut l = self.log.lock().unwrap();
+        l.extend_from_slice(&c.data);
+        Ok(Ok(Bytes::from(l.len().to_string())))
+    }
+    fn query(&self, _: &[u8]) -> CommandResult {
+        Ok(Bytes::from(self.log.lock().unwrap().clone()))
+    }
+    async fn snapshot(
+        &self,
+        out: &mut (dyn Write + Send),
+    ) -> Result<(), crate::error::StateMachineError> {
+        let data = self.log.lock().unwrap().clone();
+        out.write_all(&data)
+            .map_err(|e| crate::error::StateMachineError::Other(e.to_string()))
+    }
+    fn snapshot_view(&self) -> Option<Box<dyn crate::state_machine::SnapshotView>> {
+        let data = self.log.lock().unwrap().clone();
+        if let Some(t) = self.taken.lock().unwrap().take() {
+            let _ = t.send(());
+        }
+        Some(Box::new(GatedView(data, self.gate.lock().unwrap().take())))
+    }
+    async fn restore(
+        &self,
+        _: LogId,
+        input: &mut (dyn std::io::Read + Send),
+    ) -> Result<(), crate::error::StateMachineError> {
+        let mut v = Vec::new();
+        input
+            .read_to_end(&mut v)
+            .map_err(|e| crate::error::StateMachineError::Other(e.to_string()))?;
+        *self.log.lock().unwrap() = v;
+        Ok(())
+    }
+}
+
+/// A snapshot of a machine with a point-in-time view is written while commands go on
+/// applying (snapshots do not stall writes), and holds the state of the moment it was
+/// taken (§7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_apply_while_a_point_in_time_snapshot_is_written_7() {
+    let (release, gate) = std::sync::mpsc::channel();
+    let (taken_tx, taken) = std::sync::mpsc::channel();
+    let m = Arc::new(GatedViews {
+        log: Mutex::default(),
+        gate: Mutex::new(Some(gate)),
+        taken: Mutex::new(Some(taken_tx)),
+    });
+    let store = MemSnapshotStore::new();
+    let h = Arc::new(DefaultStateMachineHandler::new(
+        Arc::new(crate::state_machine::SharedStateMachine(m.clone())),
+        Arc::new(store.clone()),
+        Never,
+    ));
+    h.apply(&[cmd(1, b"a", None), cmd(2, b"b", None)])
+        .await
+        .unwrap();
+    let building = {
+        let h = h.clone();
+        tokio::spawn(async move { h.build_snapshot().await })
+    };
+    // The view is taken; its write waits for the gate. Commands still apply.
+    tokio::task::spawn_blocking(move || taken.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let applied = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        h.apply(&[cmd(3, b"c", None)]),
+    )
+    .await
+    .expect("an apply waited for the snapshot to be written")
+    .unwrap();
+    assert_eq!(applied[0].1, Ok(Bytes::from("3")));
+    release.send(()).unwrap();
+    let meta = building.await.unwrap().unwrap().expect("a snapshot");
+    assert_eq!(meta.last_log_id, LogId::new(1, 2), "taken before entry 3");
+
+    // It holds the state of its moment: restored elsewhere, "ab" and the sessions.
+    let m2 = Arc::new(GatedViews::default());
+    let h2 = DefaultStateMachineHandler::new(
+        Arc::new(crate::state_machine::SharedStateMachine(m2.clone())),
+        Arc::new(store),
+        Never,
+    );
+    assert_eq!(h2.open(Some(&meta)).await.unwrap().applied, 2);
+    assert_eq!(*m2.log.lock().unwrap(), b"ab".to_vec());
+}

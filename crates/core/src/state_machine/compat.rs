@@ -253,6 +253,9 @@ impl<S: StateMachine + ?Sized> StateMachine for SharedStateMachine<S> {
     async fn snapshot(&self, out: &mut (dyn Write + Send)) -> Result<(), StateMachineError> {
         self.0.snapshot(out).await
     }
+    fn snapshot_view(&self) -> Option<Box<dyn super::SnapshotView>> {
+        self.0.snapshot_view()
+    }
     async fn restore(
         &self,
         last: LogId,

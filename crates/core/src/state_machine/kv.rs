@@ -9,12 +9,12 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes};
 
-use super::{Command, StateMachine};
+use super::{Command, SnapshotView, StateMachine};
 use crate::codec::{CodecError, Reader};
 use crate::error::{CommandError, CommandResult, StateMachineError, StorageError};
 use crate::types::LogId;
@@ -304,13 +304,120 @@ impl KvResponse {
 /// | 16 | `count` × (key field, value field), keys in strictly ascending byte order |
 /// | end − 4 | CRC-32C of every preceding byte, `u32` |
 ///
-/// The map is a `BTreeMap`, so equal states always give byte-identical snapshots. An empty
-/// input (zero bytes) restores the empty state. [`StateMachine::restore`] decodes and checks
+/// The map is kept in sorted `BTreeMap` shards (by a hash of the key) shared copy-on-write, and
+/// snapshots list every shard's entries merged in key order, so equal states always give
+/// byte-identical snapshots. Taking a snapshot copies no data
+/// ([`StateMachine::snapshot_view`]): the next write to a shard copies that shard alone
+/// (1/256 of the state) while a snapshot of it is being written. An empty input (zero
+/// bytes) restores the empty state. [`StateMachine::restore`] decodes and checks
 /// the whole snapshot before touching the current state: a corrupt snapshot is
 /// rejected with [`StateMachineError::InvalidSnapshot`] and the old state is kept.
 #[derive(Debug, Default)]
 pub struct KvStateMachine {
-    map: RwLock<BTreeMap<Bytes, Bytes>>,
+    map: RwLock<Shards>,
+}
+
+/// Shards of a [`KvStateMachine`]'s map.
+const SHARDS: usize = 256;
+
+/// The map, split by a hash of the key into sorted shards shared copy-on-write: cloning it
+/// (for a snapshot) copies 256 pointers, and a write copies only the shard it changes, and
+/// only while a snapshot still holds that shard.
+#[derive(Clone, Debug)]
+struct Shards(Vec<Arc<BTreeMap<Bytes, Bytes>>>);
+
+impl Default for Shards {
+    fn default() -> Self {
+        Self(vec![Arc::default(); SHARDS])
+    }
+}
+
+impl Shards {
+    fn shard(key: &[u8]) -> usize {
+        crc32c::crc32c(key) as usize % SHARDS
+    }
+
+    fn get(&self, key: &[u8]) -> Option<&Bytes> {
+        self.0[Self::shard(key)].get(key)
+    }
+
+    fn insert(&mut self, key: Bytes, value: Bytes) -> Option<Bytes> {
+        Arc::make_mut(&mut self.0[Self::shard(&key)]).insert(key, value)
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Option<Bytes> {
+        let shard = &mut self.0[Self::shard(key)];
+        if !shard.contains_key(key) {
+            return None;
+        }
+        Arc::make_mut(shard).remove(key)
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(|s| s.len()).sum()
+    }
+
+    fn from_map(map: BTreeMap<Bytes, Bytes>) -> Self {
+        let mut s = Self::default();
+        for (k, v) in map {
+            s.insert(k, v);
+        }
+        s
+    }
+
+    /// Every entry in ascending key order (a merge of the shards; keys are in one shard
+    /// each).
+    fn sorted(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
+        let mut iters: Vec<_> = self.0.iter().map(|s| s.iter()).collect();
+        let mut heap = std::collections::BinaryHeap::new();
+        for (i, it) in iters.iter_mut().enumerate() {
+            if let Some((k, v)) = it.next() {
+                heap.push(std::cmp::Reverse((k, i, v)));
+            }
+        }
+        std::iter::from_fn(move || {
+            let std::cmp::Reverse((k, i, v)) = heap.pop()?;
+            if let Some((k2, v2)) = iters[i].next() {
+                heap.push(std::cmp::Reverse((k2, i, v2)));
+            }
+            Some((k, v))
+        })
+    }
+
+    /// Writes the snapshot (format on [`KvStateMachine`]) in pieces of about 64 KiB,
+    /// checksummed as it goes.
+    fn write_snapshot(&self, out: &mut (dyn Write + Send)) -> std::io::Result<()> {
+        const PIECE: usize = 64 << 10;
+        let mut buf = Vec::with_capacity(PIECE + 64);
+        buf.put_slice(SNAPSHOT_MAGIC);
+        buf.put_u32_le(SNAPSHOT_VERSION);
+        buf.put_u64_le(self.len() as u64);
+        let mut crc = 0u32;
+        for (k, v) in self.sorted() {
+            put_field(&mut buf, k);
+            put_field(&mut buf, v);
+            if buf.len() >= PIECE {
+                crc = crc32c::crc32c_append(crc, &buf);
+                out.write_all(&buf)?;
+                buf.clear();
+            }
+        }
+        crc = crc32c::crc32c_append(crc, &buf);
+        buf.put_u32_le(crc);
+        out.write_all(&buf)?;
+        out.flush()
+    }
+}
+
+/// A [`KvStateMachine`]'s state at one moment, for a snapshot written later.
+struct KvView(Shards);
+
+impl SnapshotView for KvView {
+    fn write_to(self: Box<Self>, out: &mut (dyn Write + Send)) -> Result<(), StateMachineError> {
+        self.0
+            .write_snapshot(out)
+            .map_err(|e| StorageError::io("writing kv snapshot", e).into())
+    }
 }
 
 impl KvStateMachine {
@@ -331,7 +438,7 @@ impl KvStateMachine {
 
     /// Whether no key is stored.
     pub fn is_empty(&self) -> bool {
-        self.read().is_empty()
+        self.read().len() == 0
     }
 
     /// The snapshot of the current state, synchronously (what [`StateMachine::snapshot`]
@@ -344,22 +451,22 @@ impl KvStateMachine {
     /// does). The snapshot is validated completely first: on error the state is unchanged.
     pub fn restore_bytes(&self, snapshot: &[u8]) -> Result<(), StateMachineError> {
         let map = Self::decode_snapshot(snapshot).map_err(StateMachineError::InvalidSnapshot)?;
-        *self.write() = map;
+        *self.write() = Shards::from_map(map);
         Ok(())
     }
 
     // A poisoned lock only means another thread panicked while holding it; every update
     // below is a single map operation, so the map itself is always consistent.
-    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<Bytes, Bytes>> {
+    fn read(&self) -> RwLockReadGuard<'_, Shards> {
         self.map.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<Bytes, Bytes>> {
+    fn write(&self) -> RwLockWriteGuard<'_, Shards> {
         self.map.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Decodes and applies one command to `map`.
-    fn apply_to(map: &mut BTreeMap<Bytes, Bytes>, data: &[u8]) -> CommandResult {
+    fn apply_to(map: &mut Shards, data: &[u8]) -> CommandResult {
         let cmd = KvCommand::decode(data).map_err(|e| CommandError(e.to_string()))?;
         let resp = match cmd {
             KvCommand::Put { key, value } => KvResponse::Value(map.insert(key, value)),
@@ -399,18 +506,10 @@ impl KvStateMachine {
     }
 
     fn encode_snapshot(&self) -> Vec<u8> {
-        let map = self.read();
-        let body: usize = map.iter().map(|(k, v)| field_len(k) + field_len(v)).sum();
-        let mut out = Vec::with_capacity(SNAPSHOT_HEADER_LEN + body + SNAPSHOT_CRC_LEN);
-        out.put_slice(SNAPSHOT_MAGIC);
-        out.put_u32_le(SNAPSHOT_VERSION);
-        out.put_u64_le(map.len() as u64);
-        for (k, v) in map.iter() {
-            put_field(&mut out, k);
-            put_field(&mut out, v);
-        }
-        let crc = crc32c::crc32c(&out);
-        out.put_u32_le(crc);
+        let state = self.read().clone();
+        let mut out = Vec::new();
+        // Writing into a Vec cannot fail.
+        let _ = state.write_snapshot(&mut out);
         out
     }
 
@@ -495,10 +594,14 @@ impl StateMachine for KvStateMachine {
     }
 
     async fn snapshot(&self, out: &mut (dyn Write + Send)) -> Result<(), StateMachineError> {
-        let data = self.encode_snapshot();
-        out.write_all(&data)
-            .and_then(|()| out.flush())
+        let state = self.read().clone();
+        state
+            .write_snapshot(out)
             .map_err(|e| StorageError::io("writing kv snapshot", e).into())
+    }
+
+    fn snapshot_view(&self) -> Option<Box<dyn SnapshotView>> {
+        Some(Box::new(KvView(self.read().clone())))
     }
 
     async fn restore(
@@ -907,5 +1010,42 @@ mod tests {
             let err = KvStateMachine::decode_snapshot(&snap).unwrap_err();
             assert!(err.contains(expected), "{err} (expected {expected})");
         }
+    }
+
+    #[tokio::test]
+    async fn kv_a_snapshot_view_keeps_the_state_of_its_moment_while_writes_go_on() {
+        let sm = KvStateMachine::new();
+        let put = |i: u64| {
+            cmd(
+                i,
+                &KvCommand::Put {
+                    key: Bytes::from(format!("k{i:05}")),
+                    value: Bytes::from(format!("v{i}")),
+                },
+            )
+        };
+        let first: Vec<Command> = (1..=2000).map(put).collect();
+        sm.apply_chunk(&first).await.unwrap();
+        let then = snapshot_of(&sm).await;
+        let view = sm.snapshot_view().expect("the KV has point-in-time views");
+        // Writes after the view: new keys, overwrites, deletes.
+        let later: Vec<Command> = (1500..=3000).map(put).collect();
+        sm.apply_chunk(&later).await.unwrap();
+        let del = cmd(
+            4000,
+            &KvCommand::Delete {
+                key: Bytes::from("k00007"),
+            },
+        );
+        sm.apply_chunk(std::slice::from_ref(&del)).await.unwrap();
+        let mut out = Vec::new();
+        view.write_to(&mut out).unwrap();
+        assert_eq!(out, then, "the view is the state when it was taken");
+        let restored = KvStateMachine::new();
+        restored.restore_bytes(&out).unwrap();
+        assert_eq!(restored.len(), 2000);
+        assert_eq!(restored.get(b"k00007"), Some(Bytes::from("v7")));
+        assert_eq!(sm.len(), 2999);
+        assert_eq!(sm.get(b"k00007"), None);
     }
 }

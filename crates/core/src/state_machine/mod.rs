@@ -31,6 +31,15 @@ pub struct Command {
     pub data: Bytes,
 }
 
+/// A consistent copy of a machine's state at the moment [`StateMachine::snapshot_view`]
+/// took it.
+pub trait SnapshotView: Send {
+    /// Writes the snapshot of the state as it was when the view was taken: the bytes
+    /// [`StateMachine::snapshot`] would have written then. Blocking; runs on a blocking
+    /// thread.
+    fn write_to(self: Box<Self>, out: &mut (dyn Write + Send)) -> Result<(), StateMachineError>;
+}
+
 /// A deterministic replicated state machine.
 ///
 /// Every replica applies the same commands in the same order; `apply` must give the same
@@ -72,6 +81,15 @@ pub trait StateMachine: Send + Sync + 'static {
 
     /// Writes a snapshot of the complete current state to `out`.
     async fn snapshot(&self, out: &mut (dyn Write + Send)) -> Result<(), StateMachineError>;
+
+    /// A point-in-time view of the state, taken cheaply (a clone of shared, copy-on-write
+    /// data; a storage engine's snapshot), for a snapshot written out *after* more commands
+    /// apply. The handler takes it while no command applies and writes it without holding
+    /// back applies, so writes do not stall while a large snapshot is built. `None` (the
+    /// default): the handler calls [`StateMachine::snapshot`] while holding back applies.
+    fn snapshot_view(&self) -> Option<Box<dyn SnapshotView>> {
+        None
+    }
 
     /// Replaces the complete state with the snapshot read from `input`, taken at `last`. On
     /// error the previous state must be intact.
