@@ -262,7 +262,14 @@ impl WriteAheadLog {
             let path = entry.map_err(|e| io_err("listing", dir, e))?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             if name == "base.tmp" || (name.starts_with("wal-") && path != current) {
-                fs::remove_file(&path).map_err(|e| io_err("removing", &path, e))?;
+                // Gone already is fine: a compaction may have removed it meanwhile (an
+                // in-process "crash" leaves the old instance running for a moment).
+                match fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io_err("removing", &path, e))
+                    }
+                    _ => {}
+                }
             }
         }
         let mut file = OpenOptions::new()
