@@ -4,6 +4,9 @@
 //! - `test`: setup, format check, clippy, every test with nextest, doc tests, the facade's
 //!   feature matrix, the examples as smoke tests, the simulator over many seeds (release
 //!   build) and the checks that it catches broken protocol variants.
+//! - `chaos [ARGS]`: a real-process chaos round with a linearizability check (see
+//!   docs/testing.md); ARGS go to `lockstep-chaos run` (`--backend`, `--seconds`, `--seed`,
+//!   `--clients`, `--keys`, `--faults`, `--plant`, `--dir`).
 //! - `sim [ARGS]`: runs the deterministic simulator (release); `--seed N` replays one seed.
 //! - `bench [--quick] [ARGS]`: builds and runs the cluster benchmark (release); ARGS go to
 //!   `cluster-bench` (see docs/performance.md). `bench criterion [ARGS]` runs the criterion
@@ -34,8 +37,9 @@ fn main() -> Result<()> {
         "sim" => sim(&rest),
         "bench" => bench(&rest),
         "cluster" => cluster(&rest),
+        "chaos" => chaos(&rest),
         _ => {
-            eprintln!("usage: cargo xtask <setup|test|sim|bench|cluster> [args]\n\n  setup    install missing system packages and tools\n  test     run every check CI runs\n  sim      run the simulator: --seeds N | --seed N | --bug NAME (see crates/core/examples/sim.rs)\n  bench    run the cluster benchmark: [--quick] [cluster-bench args] | criterion [args]\n  cluster  start | stop | status a local 3-node cluster of real processes (ports 7001-7003)");
+            eprintln!("usage: cargo xtask <setup|test|sim|chaos|bench|cluster> [args]\n\n  setup    install missing system packages and tools\n  test     run every check CI runs\n  sim      run the simulator: --seeds N | --seed N | --bug NAME (see crates/core/examples/sim.rs)\n  chaos    kill, pause, partition and reconfigure a real cluster under load, then check the\n           history: [--backend file|sled|rocksdb] [--seconds N] [--seed S] [--plant NAME]\n  bench    run the cluster benchmark: [--quick] [cluster-bench args] | criterion [args]\n  cluster  start | stop | status a local 3-node cluster of real processes (ports 7001-7003)");
             if cmd == "help" || cmd == "--help" {
                 Ok(())
             } else {
@@ -299,6 +303,26 @@ fn cluster(args: &[String]) -> Result<()> {
         }
         _ => bail!("usage: cargo xtask cluster start|stop|status [--backend file|sled|rocksdb]"),
     }
+}
+
+/// `cargo xtask chaos [ARGS]`: builds the chaos runner and runs one round; a violation
+/// leaves the history, fault log and node logs in the run directory (printed).
+fn chaos(args: &[String]) -> Result<()> {
+    run(
+        &cargo(),
+        &[
+            "build",
+            "--quiet",
+            "-p",
+            "lockstep-chaos",
+            "--bin",
+            "lockstep-chaos",
+        ],
+    )?;
+    let bin = target_dir().join("debug").join("lockstep-chaos");
+    let mut a = vec!["run"];
+    a.extend(args.iter().map(String::as_str));
+    run(&bin.to_string_lossy(), &a)
 }
 
 fn sim(args: &[String]) -> Result<()> {

@@ -56,3 +56,7 @@ pub struct PortingFromDEngine;
 /// docs/internals/protocol.md (its event loop sketch is marked `ignore`: pseudo-code)
 #[doc = include_str!("../../../docs/internals/protocol.md")]
 pub struct InternalsProtocol;
+
+/// docs/testing.md
+#[doc = include_str!("../../../docs/testing.md")]
+pub struct Testing;

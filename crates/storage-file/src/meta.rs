@@ -132,7 +132,7 @@ impl MetaFile {
             let buf = fsutil::read_file(&path)?;
             match decode(&buf) {
                 Ok(Some((seq, meta))) => {
-                    if best.as_ref().map_or(true, |(_, s, _)| seq > *s) {
+                    if best.as_ref().is_none_or(|(_, s, _)| seq > *s) {
                         best = Some((i, seq, meta));
                     }
                 }

@@ -55,7 +55,7 @@ impl Raft {
         let Some(t) = ls.transfer.as_mut() else {
             return;
         };
-        if t.sent || ls.progress.get(&t.to).map_or(true, |p| p.matched < last) {
+        if t.sent || ls.progress.get(&t.to).is_none_or(|p| p.matched < last) {
             return;
         }
         t.sent = true;

@@ -163,7 +163,7 @@ impl Core {
             if let Flow::Stop = flow {
                 break;
             }
-            self.publish(ticks % 10 == 0);
+            self.publish(ticks.is_multiple_of(10));
         }
     }
 

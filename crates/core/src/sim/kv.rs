@@ -123,10 +123,9 @@ impl KvState {
 
     fn execute(&mut self, cmd: KvCommand) -> KvRet {
         match cmd {
-            KvCommand::Put { key, value } => {
-                self.data.insert(key, value);
-                KvRet::Ok
-            }
+            // The previous value is part of the answer, so the linearizability check catches a
+            // put applied twice.
+            KvCommand::Put { key, value } => KvRet::Value(self.data.insert(key, value)),
             KvCommand::Cas { key, expected, new } => {
                 if self.data.get(&key).copied() == expected {
                     self.data.insert(key, new);

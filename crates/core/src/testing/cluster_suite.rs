@@ -80,7 +80,7 @@ pub fn encode_values(values: &[u64]) -> Vec<u8> {
 
 /// Decodes the answer of the `ALL` query.
 pub fn decode_values(b: &[u8]) -> std::result::Result<Vec<u64>, String> {
-    if b.len() % 8 != 0 {
+    if !b.len().is_multiple_of(8) {
         return Err(format!(
             "journal data of {} bytes is not a multiple of 8",
             b.len()

@@ -158,9 +158,9 @@ impl LogStoreTestSuite {
 
     /// [`LogStoreTestSuite::entry`] with another term.
     pub fn entry_with_term(term: Term, index: Index) -> Entry {
-        let payload = if index % 50 == 0 {
+        let payload = if index.is_multiple_of(50) {
             EntryPayload::Blank
-        } else if index % 97 == 0 {
+        } else if index.is_multiple_of(97) {
             EntryPayload::Membership(MembershipConfig::new_voters([1, 2, index % 5 + 3]))
         } else {
             let len = (index.wrapping_mul(37) % 1500) as usize;
@@ -168,7 +168,7 @@ impl LogStoreTestSuite {
                 .map(|j| (index as u8).wrapping_add((j as u8).wrapping_mul(31)))
                 .collect();
             EntryPayload::Command {
-                session: (index % 3 != 0).then_some(ClientSession {
+                session: (!index.is_multiple_of(3)).then_some(ClientSession {
                     client_id: index % 13 + 1,
                     sequence: index,
                 }),

@@ -1,7 +1,9 @@
 //! Linearizability checking for a key-value register model.
 //!
-//! The model is a map from [`Key`] to [`Value`] where every key starts absent, with three
-//! operations ([`KvOp`]): put, get and compare-and-swap. Every operation touches exactly one
+//! The model is a map from [`Key`] to [`Value`] where every key starts absent, with four
+//! operations ([`KvOp`]): put, delete, get and compare-and-swap. A put or delete may report
+//! the value it replaced ([`KvRet::Value`]); the checker then holds it to that answer, so a
+//! command applied twice (its second apply answers the value of its first) is caught. Every operation touches exactly one
 //! key, so the model is *P-compositional*: a history is linearizable if and only if, for every
 //! key, the sub-history of the operations on that key is linearizable. The checker therefore
 //! partitions the history by key and checks each partition on its own, which keeps the search
@@ -53,6 +55,11 @@ pub enum KvOp {
         /// The value written.
         value: Value,
     },
+    /// Remove `key`.
+    Delete {
+        /// The key removed.
+        key: Key,
+    },
     /// Read `key`.
     Get {
         /// The key read.
@@ -72,9 +79,9 @@ pub enum KvOp {
 /// What the system answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvRet {
-    /// A put succeeded.
+    /// A put or delete succeeded (without saying what it replaced).
     Ok,
-    /// A get returned this value (None = absent).
+    /// A get returned this value, or a put or delete replaced it (None = absent).
     Value(Option<Value>),
     /// A compare-and-swap answered whether it swapped.
     Swapped(bool),
@@ -164,6 +171,7 @@ impl fmt::Display for OpLine<'_> {
         }
         match &h.op {
             KvOp::Put { key, value } => write!(f, "put(key {key}, {value})")?,
+            KvOp::Delete { key } => write!(f, "delete(key {key})")?,
             KvOp::Get { key } => write!(f, "get(key {key})")?,
             KvOp::Cas { key, expected, new } => {
                 write!(f, "cas(key {key}, expected ")?;
@@ -242,7 +250,10 @@ pub fn check_kv_history_with_budget(
 /// The key an operation touches.
 fn op_key(op: &KvOp) -> Key {
     match op {
-        KvOp::Put { key, .. } | KvOp::Get { key } | KvOp::Cas { key, .. } => *key,
+        KvOp::Put { key, .. }
+        | KvOp::Delete { key }
+        | KvOp::Get { key }
+        | KvOp::Cas { key, .. } => *key,
     }
 }
 
@@ -265,7 +276,7 @@ fn validate(history: &[HistoryOp]) -> Result<(), LinearizabilityError> {
                     "completed at {complete} but has no return value"
                 )))
             }
-            (KvOp::Put { .. }, Some(KvRet::Ok))
+            (KvOp::Put { .. } | KvOp::Delete { .. }, Some(KvRet::Ok | KvRet::Value(_)))
             | (KvOp::Get { .. }, Some(KvRet::Value(_)))
             | (KvOp::Cas { .. }, Some(KvRet::Swapped(_))) => {}
             (op, Some(ret)) => {
@@ -281,8 +292,14 @@ fn validate(history: &[HistoryOp]) -> Result<(), LinearizabilityError> {
 /// The effect of one operation on its key, with its answer folded in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Effect {
-    /// A put (completed or not): always applies.
-    Write(Value),
+    /// A put (`Some`) or delete (`None`) that did not report what it replaced, or whose
+    /// outcome is unknown: always applies.
+    Write(Option<Value>),
+    /// A completed put or delete that replaced `previous` with `new` (`None` = absent).
+    Swap {
+        previous: Option<Value>,
+        new: Option<Value>,
+    },
     /// A completed get that returned this value.
     Read(Option<Value>),
     /// A completed compare-and-swap that swapped.
@@ -298,7 +315,8 @@ impl Effect {
     /// the model would give in `state`.
     fn apply(self, state: Option<Value>) -> Option<Option<Value>> {
         match self {
-            Effect::Write(value) => Some(Some(value)),
+            Effect::Write(value) => Some(value),
+            Effect::Swap { previous, new } => (state == previous).then_some(new),
             Effect::Read(value) => (state == value).then_some(state),
             Effect::CasSwapped { expected, new } | Effect::CasUnknown { expected, new } => {
                 (state == expected).then_some(Some(new))
@@ -322,7 +340,16 @@ impl KeyOp {
     /// (gets with an unknown outcome).
     fn from_history(h: &HistoryOp) -> Option<KeyOp> {
         let effect = match (&h.op, h.complete, &h.ret) {
-            (KvOp::Put { value, .. }, _, _) => Effect::Write(*value),
+            (KvOp::Put { value, .. }, Some(_), Some(KvRet::Value(previous))) => Effect::Swap {
+                previous: *previous,
+                new: Some(*value),
+            },
+            (KvOp::Delete { .. }, Some(_), Some(KvRet::Value(previous))) => Effect::Swap {
+                previous: *previous,
+                new: None,
+            },
+            (KvOp::Put { value, .. }, _, _) => Effect::Write(Some(*value)),
+            (KvOp::Delete { .. }, _, _) => Effect::Write(None),
             (KvOp::Get { .. }, None, _) => return None,
             (KvOp::Get { .. }, Some(_), Some(KvRet::Value(v))) => Effect::Read(*v),
             (KvOp::Cas { expected, new, .. }, None, _) => Effect::CasUnknown {
@@ -453,7 +480,10 @@ fn merge_unobserved_values(ops: &mut [KeyOp]) {
     for op in ops.iter() {
         match op.effect {
             Effect::Write(_) => {}
-            Effect::Read(value) => {
+            Effect::Read(value)
+            | Effect::Swap {
+                previous: value, ..
+            } => {
                 observed.insert(value);
             }
             Effect::CasSwapped { expected, .. }
@@ -475,7 +505,11 @@ fn merge_unobserved_values(ops: &mut [KeyOp]) {
     };
     for op in ops.iter_mut() {
         op.effect = match op.effect {
-            Effect::Write(value) => Effect::Write(merge(value)),
+            Effect::Write(value) => Effect::Write(value.map(merge)),
+            Effect::Swap { previous, new } => Effect::Swap {
+                previous,
+                new: new.map(merge),
+            },
             Effect::CasSwapped { expected, new } => Effect::CasSwapped {
                 expected,
                 new: merge(new),

@@ -419,8 +419,9 @@ fn completed_op_without_return_value_is_malformed() {
 fn return_kind_not_fitting_op_is_malformed() {
     let mut g = get(1, 0, 1, 1, None);
     g.ret = Some(KvRet::Ok);
+    // A put answers Ok or the value it replaced, never a swap verdict.
     let mut p = put(1, 0, 1, 1, 1);
-    p.ret = Some(KvRet::Value(None));
+    p.ret = Some(KvRet::Swapped(true));
     let mut c = cas(1, (0, 1), 1, None, 1, true);
     c.ret = Some(KvRet::Ok);
     for bad in [g, p, c] {
@@ -695,7 +696,14 @@ fn brute_force_linearizable(history: &[HistoryOp]) -> bool {
             let key = op_key(&h.op);
             let current = model.get(&key).copied();
             let (accepted, next) = match (&h.op, h.complete.map(|_| h.ret.clone())) {
+                (KvOp::Put { value, .. }, Some(Some(KvRet::Value(previous)))) => {
+                    (previous == current, Some(*value))
+                }
+                (KvOp::Delete { .. }, Some(Some(KvRet::Value(previous)))) => {
+                    (previous == current, None)
+                }
                 (KvOp::Put { value, .. }, _) => (true, Some(*value)),
+                (KvOp::Delete { .. }, _) => (true, None),
                 (KvOp::Get { .. }, None) => (true, current),
                 (KvOp::Get { .. }, Some(ret)) => (ret == Some(KvRet::Value(current)), current),
                 (KvOp::Cas { expected, new, .. }, ret) => {
@@ -831,4 +839,75 @@ fn eight_clients_hundred_ops_each_on_three_keys_is_conclusive() {
         elapsed.as_secs() < 10,
         "checking took {elapsed:?}, far longer than expected"
     );
+}
+
+/// A put or delete that reports the value it replaced.
+fn replace(
+    client: u64,
+    (invoke, complete): (u64, u64),
+    key: Key,
+    new: Option<Value>,
+    previous: Option<Value>,
+) -> HistoryOp {
+    HistoryOp {
+        client,
+        invoke,
+        complete: Some(complete),
+        op: match new {
+            Some(value) => KvOp::Put { key, value },
+            None => KvOp::Delete { key },
+        },
+        ret: Some(KvRet::Value(previous)),
+    }
+}
+
+#[test]
+fn puts_and_deletes_reporting_the_replaced_value_are_linearizable_in_order() {
+    let h = [
+        replace(1, (0, 1), 0, Some(1), None),
+        replace(2, (2, 3), 0, Some(2), Some(1)),
+        replace(1, (4, 5), 0, None, Some(2)),
+        get(2, 6, 7, 0, None),
+        replace(1, (8, 9), 0, Some(3), None),
+    ];
+    assert_eq!(check_kv_history(&h), Ok(()));
+}
+
+#[test]
+fn a_put_applied_twice_is_caught_by_the_value_it_reports_replacing() {
+    // put(1) then put(2); a duplicate apply of put(1) after put(2) would make a later put
+    // report 1 as the value it replaced, which no single apply of each can explain.
+    let h = [
+        replace(1, (0, 1), 0, Some(1), None),
+        replace(2, (2, 3), 0, Some(2), Some(1)),
+        replace(3, (10, 11), 0, Some(3), Some(1)),
+    ];
+    assert_not_linearizable(&h, 0);
+}
+
+#[test]
+fn a_delete_reporting_a_value_never_written_is_not_linearizable() {
+    let h = [
+        replace(1, (0, 1), 4, Some(7), None),
+        replace(2, (2, 3), 4, None, Some(8)),
+    ];
+    assert_not_linearizable(&h, 4);
+}
+
+#[test]
+fn a_delete_with_an_unknown_outcome_may_explain_a_later_absent_read() {
+    let h = [
+        replace(1, (0, 1), 2, Some(5), None),
+        HistoryOp {
+            client: 2,
+            invoke: 2,
+            complete: None,
+            op: KvOp::Delete { key: 2 },
+            ret: None,
+        },
+        get(3, 10, 11, 2, None),
+    ];
+    assert_eq!(check_kv_history(&h), Ok(()));
+    // Without the delete, the absent read is impossible.
+    assert_not_linearizable(&[h[0].clone(), h[2].clone()], 2);
 }

@@ -141,6 +141,8 @@ impl World {
                 session: Some(session),
                 data: KvCommand::Cas { key, expected, new }.encode(),
             }]),
+            // The simulated clients never delete (the sim's machine has no delete command).
+            KvOp::Delete { .. } => return Ok(()),
         };
         self.step_node(i, event)
     }

@@ -268,7 +268,7 @@ impl World {
             self.now = s.time;
             self.steps += 1;
             self.handle(s.ev).map_err(|v| self.fail(v))?;
-            if self.steps % self.cfg.log_matching_every == 0 {
+            if self.steps.is_multiple_of(self.cfg.log_matching_every) {
                 self.check_log_matching().map_err(|v| self.fail(v))?;
             }
             if self.phase == Phase::Done {
