@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -187,19 +186,43 @@ impl Nemesis {
         self.rng.pick(from).copied()
     }
 
-    /// Runs faults until `stop` is set, from the kinds in `kinds`.
-    pub async fn run(&mut self, kinds: &[FaultKind], stop: Arc<AtomicBool>) {
-        while !stop.load(Ordering::SeqCst) {
-            self.sleep_ms(300, 1200).await;
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-            let Some(&kind) = self.rng.pick(kinds) else {
+    /// Runs faults from `kinds` until `until`, and past it (up to `hard_stop`) until each
+    /// kind has been injected once. The kinds come in rounds: every kind once per round, in
+    /// a seeded random order; a kind that could not apply (no leader known) is tried again
+    /// later in the round.
+    pub async fn run(&mut self, kinds: &[FaultKind], until: Instant, hard_stop: Instant) {
+        let mut bag: Vec<FaultKind> = Vec::new();
+        let mut first_round_done = kinds.is_empty();
+        let mut failures = 0u32;
+        loop {
+            let now = Instant::now();
+            if now >= hard_stop || (now >= until && first_round_done) {
                 return;
-            };
-            let done = self.inject(kind).await;
-            if done {
+            }
+            self.sleep_ms(300, 1200).await;
+            if bag.is_empty() {
+                if !kinds.is_empty() && !self.injected.is_empty() {
+                    first_round_done = true;
+                }
+                bag = kinds.to_vec();
+                // Fisher-Yates with the seeded generator.
+                for i in (1..bag.len()).rev() {
+                    let j = self.rng.range(0, i as u64 + 1) as usize;
+                    bag.swap(i, j);
+                }
+                if first_round_done && Instant::now() >= until {
+                    return;
+                }
+            }
+            let Some(kind) = bag.pop() else { return };
+            if self.inject(kind).await {
                 *self.injected.entry(kind.name()).or_default() += 1;
+            } else {
+                failures += 1;
+                // Try it again later in this round, unless nothing applies at all.
+                if failures < 100 {
+                    bag.insert(0, kind);
+                }
             }
         }
     }

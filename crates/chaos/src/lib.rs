@@ -279,16 +279,13 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosReport, ChaosError> {
         )));
     }
 
-    let timer = {
-        let stop = stop.clone();
-        let secs = opts.seconds;
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(secs)).await;
-            stop.store(true, Ordering::SeqCst);
-        })
-    };
-    nemesis.run(&opts.faults, stop.clone()).await;
-    let _ = timer.await;
+    // Every fault kind at least once, even if that takes longer than asked (at most 3x).
+    let start = Instant::now();
+    let secs = Duration::from_secs(opts.seconds);
+    nemesis
+        .run(&opts.faults, start + secs, start + 3 * secs)
+        .await;
+    stop.store(true, Ordering::SeqCst);
     for t in tasks {
         let _ = t.await;
     }
