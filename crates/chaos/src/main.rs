@@ -81,7 +81,16 @@ fn options(args: &[String]) -> Result<ChaosOptions, ChaosError> {
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("node") => lockstep::cli::run().await,
+        Some("node") => {
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .init();
+            lockstep::cli::run().await
+        }
         Some("run") => {
             let opts = match options(&args[1..]) {
                 Ok(o) => o,

@@ -6,7 +6,7 @@ use crate::types::{Index, NodeId};
 
 /// A cluster configuration. When `outgoing` is non-empty the cluster is in *joint consensus*
 /// (thesis §4.3): every decision needs a majority of `voters` **and** a majority of `outgoing`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct MembershipConfig {
     /// Voters of the (new) configuration.
     pub voters: BTreeSet<NodeId>,

@@ -14,7 +14,7 @@ pub type Index = u64;
 pub type RequestId = u64;
 
 /// The position and term of a log entry; `LogId::default()` (0, 0) stands for "before the first entry".
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct LogId {
     /// Term in which the entry was created by a leader.
     pub term: Term,

@@ -1,103 +1,185 @@
 //! The `lockstep` command-line tool (feature `grpc`): run a node from a config file, or talk
-//! to a cluster. The `lockstep` binary and the cluster examples call [`main`].
+//! to a cluster. The `lockstep` binary and the cluster examples call [`run`]; they install
+//! the log subscriber themselves (this library never does).
 //!
 //! ```text
 //! lockstep node --config n1.toml
 //! lockstep client --config n1.toml put KEY VALUE
-//! lockstep client --addrs 127.0.0.1:7001,127.0.0.1:7002 --cluster-id demo get KEY [--level lease]
-//! lockstep client ... delete KEY | status | members | transfer-leader ID
-//!                     | add-learner ID ADDR | set-voters 1,2,3
+//! lockstep client --addrs 127.0.0.1:7001,127.0.0.1:7002 --cluster-id demo get KEY --level lease
+//! lockstep client ... [-o json|table] status | members | endpoint health | endpoint status --cluster
+//! lockstep client ... delete KEY | transfer-leader ID | add-learner ID ADDR | remove-learner ID
+//!                     | set-voters 1,2,3 | snapshot
 //! ```
-//! Logs go to stderr; `RUST_LOG=debug` shows more.
+//! `--help` and `--version` exit 0, a usage error exits 2, a failed command exits 1.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::grpc::{ClientTls, RemoteStatus};
 use crate::prelude::*;
-use crate::{Client, ClientConfig};
+use crate::{Client, ClientConfig, NodeId};
 
 /// Any error, described for the user.
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;
 type Result<T> = std::result::Result<T, CliError>;
 
-macro_rules! bail {
-    ($($t:tt)*) => { return Err(format!($($t)*).into()) };
+/// Replicated state machines on Raft: run a node, or talk to a cluster.
+#[derive(Debug, Parser)]
+#[command(name = "lockstep", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-trait Context<T> {
-    fn context(self, what: &str) -> Result<T>;
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node from a config file (see docs/configuration.md); stops on SIGINT or SIGTERM.
+    Node {
+        /// The node's TOML configuration.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Talk to a cluster through any of its nodes.
+    Client(Box<ClientArgs>),
 }
 
-impl<T, E: std::fmt::Display> Context<T> for std::result::Result<T, E> {
-    fn context(self, what: &str) -> Result<T> {
-        self.map_err(|e| format!("{what}: {e}").into())
-    }
+#[derive(Debug, Args)]
+struct ClientArgs {
+    /// Take the cluster id, the node addresses and TLS from a node's config file.
+    #[arg(long, value_name = "FILE", conflicts_with = "addrs")]
+    config: Option<PathBuf>,
+    /// Node addresses (host:port), comma-separated.
+    #[arg(
+        long,
+        value_name = "A,B,..",
+        value_delimiter = ',',
+        required_unless_present = "config"
+    )]
+    addrs: Vec<String>,
+    /// The cluster id (with --addrs).
+    #[arg(long, default_value = "lockstep")]
+    cluster_id: String,
+    /// Deadline of one command, retries included, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    timeout_ms: Option<u64>,
+    /// Output format of status, members and endpoint commands.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+    /// CA certificate (PEM) the nodes' certificates chain to: turns TLS on.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM), for clusters that require mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Name to verify in the nodes' certificates (default: the host of the address).
+    #[arg(long, value_name = "NAME")]
+    tls_domain: Option<String>,
+    #[command(subcommand)]
+    command: ClientCommand,
 }
 
-impl<T> Context<T> for Option<T> {
-    fn context(self, what: &str) -> Result<T> {
-        self.ok_or_else(|| what.to_string().into())
-    }
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
 }
 
-const USAGE: &str = "usage:
-  lockstep node --config FILE
-  lockstep client (--config FILE | --addrs A,B,.. [--cluster-id ID]) [--timeout-ms N] COMMAND
-commands:
-  put KEY VALUE          write a key
-  get KEY [--level L]    read a key (L = linearizable | lease | eventual)
-  delete KEY             delete a key
-  status                 the contacted node's role, term, leader, commit and applied index
-  members                the cluster's voters and learners
-  transfer-leader ID     hand leadership to node ID
-  add-learner ID ADDR    add node ID (listening on ADDR) as a learner
-  set-voters IDS         make exactly IDS (comma-separated) the voters";
-
-fn flag(args: &mut Vec<String>, name: &str) -> Option<String> {
-    let i = args.iter().position(|a| a == name)?;
-    args.remove(i);
-    (i < args.len()).then(|| args.remove(i))
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Level {
+    Linearizable,
+    Lease,
+    Eventual,
 }
 
-/// Runs [`main`] and turns its outcome into the process exit code, printing any error:
-/// the whole body of a node binary's `main`.
-pub async fn run() -> std::process::ExitCode {
-    match main().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+#[derive(Debug, Subcommand)]
+enum ClientCommand {
+    /// Write a key.
+    Put { key: String, value: String },
+    /// Read a key.
+    Get {
+        key: String,
+        /// Consistency level.
+        #[arg(long, value_enum, default_value_t = Level::Linearizable)]
+        level: Level,
+    },
+    /// Delete a key.
+    Delete { key: String },
+    /// The leader's role, term, commit and applied index, and per-peer progress.
+    Status,
+    /// The cluster's voters and learners, with their addresses.
+    Members,
+    /// Hand leadership to node ID.
+    TransferLeader { id: NodeId },
+    /// Add node ID, listening on ADDR, as a learner.
+    AddLearner { id: NodeId, addr: String },
+    /// Remove learner ID.
+    RemoveLearner { id: NodeId },
+    /// Make exactly IDS (comma-separated) the voters.
+    SetVoters {
+        #[arg(value_delimiter = ',', required = true)]
+        ids: Vec<NodeId>,
+    },
+    /// Build a snapshot on the leader now.
+    Snapshot,
+    /// Ask each endpoint itself, not the leader.
+    Endpoint {
+        #[command(subcommand)]
+        command: EndpointCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EndpointCommand {
+    /// Whether each endpoint answers and runs (exits 1 if one does not).
+    Health {
+        /// Every member of the cluster, not only the given addresses.
+        #[arg(long)]
+        cluster: bool,
+    },
+    /// One row per endpoint: id, role, term, leader, commit, applied.
+    Status {
+        /// Every member of the cluster, not only the given addresses.
+        #[arg(long)]
+        cluster: bool,
+    },
+}
+
+/// Runs the command line given in the process arguments and turns its outcome into the
+/// exit code: the whole body of a node binary's `main`.
+pub async fn run() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        // Help and version print to stdout and exit 0; usage errors exit 2.
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    match main(cli).await {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
 
-/// Runs the command line given in the process arguments; logs go to stderr.
-pub async fn main() -> Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("node") => {
-            args.remove(0);
-            node(args).await
-        }
-        Some("client") => {
-            args.remove(0);
-            client(args).await
-        }
-        _ => {
-            eprintln!("{USAGE}");
-            bail!("expected `node` or `client`")
-        }
+/// Runs a parsed command line.
+pub async fn main(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Node { config } => node(config).await.map(|()| ExitCode::SUCCESS),
+        Command::Client(args) => client(*args).await,
     }
 }
 
-async fn node(mut args: Vec<String>) -> Result<()> {
-    let path = flag(&mut args, "--config").context("`node` needs --config FILE")?;
+async fn node(path: PathBuf) -> Result<()> {
     let config = Config::from_file(&path)?;
     let id = config.node_id;
     let node = NodeBuilder::from_config(config).start().await?;
@@ -116,77 +198,310 @@ async fn node(mut args: Vec<String>) -> Result<()> {
     Ok(())
 }
 
-async fn client(mut args: Vec<String>) -> Result<()> {
-    let (addrs, cluster_id) = match flag(&mut args, "--config") {
+fn read(path: &PathBuf, what: &str) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{what} {}: {e}", path.display()).into())
+}
+
+/// The client configuration and addresses the arguments name.
+fn client_config(args: &ClientArgs) -> Result<(Vec<String>, ClientConfig)> {
+    let (addrs, cluster_id, file_tls) = match &args.config {
         Some(path) => {
-            let c = Config::from_file(&path)?;
-            (c.peers.values().cloned().collect::<Vec<_>>(), c.cluster_id)
-        }
-        None => {
-            let addrs = flag(&mut args, "--addrs")
-                .context("`client` needs --config FILE or --addrs A,B,..")?;
-            let cluster = flag(&mut args, "--cluster-id").unwrap_or_else(|| "lockstep".into());
+            let c = Config::from_file(path)?;
             (
-                addrs.split(',').map(|s| s.trim().to_string()).collect(),
-                cluster,
+                c.peers.values().cloned().collect::<Vec<_>>(),
+                c.cluster_id,
+                c.tls,
             )
         }
+        None => (args.addrs.clone(), args.cluster_id.clone(), None),
     };
     let mut cfg = ClientConfig::new(cluster_id);
-    if let Some(ms) = flag(&mut args, "--timeout-ms") {
-        cfg.timeout = Duration::from_millis(ms.parse().context("--timeout-ms")?);
+    if let Some(ms) = args.timeout_ms {
+        cfg.timeout = Duration::from_millis(ms);
     }
-    let level = match flag(&mut args, "--level").as_deref() {
-        None | Some("linearizable") => ReadLevel::Linearizable,
-        Some("lease") => ReadLevel::Lease,
-        Some("eventual") => ReadLevel::Eventual,
-        Some(other) => bail!("unknown read level {other:?}"),
+    cfg.tls = match (&args.ca, file_tls) {
+        (Some(ca), _) => Some(ClientTls {
+            ca_pem: read(ca, "--ca")?,
+            identity: match (&args.cert, &args.key) {
+                (Some(c), Some(k)) => Some((read(c, "--cert")?, read(k, "--key")?)),
+                _ => None,
+            },
+            domain_name: args.tls_domain.clone(),
+        }),
+        // The node's own certificate serves as the client's with mutual TLS.
+        (None, Some(t)) => Some(ClientTls {
+            ca_pem: read(&t.ca, "tls.ca")?,
+            identity: Some((read(&t.cert, "tls.cert")?, read(&t.key, "tls.key")?)),
+            domain_name: args.tls_domain.clone(),
+        }),
+        (None, None) => None,
     };
-    let c = Client::connect(addrs, cfg).await?;
-    let words: Vec<&str> = args.iter().map(String::as_str).collect();
-    match words.as_slice() {
-        ["put", k, v] => {
-            c.put(k.to_string(), v.to_string()).await?;
+    Ok((addrs, cfg))
+}
+
+async fn client(args: ClientArgs) -> Result<ExitCode> {
+    let (addrs, cfg) = client_config(&args)?;
+    let c = Client::connect(addrs.clone(), cfg).await?;
+    let out = args.output;
+    match args.command {
+        ClientCommand::Put { key, value } => {
+            c.put(key, value).await?;
             println!("OK");
         }
-        ["get", k] => match c.get_at(k.to_string(), level).await? {
-            Some(v) => println!("{}", String::from_utf8_lossy(&v)),
-            None => println!("(not found)"),
-        },
-        ["delete", k] => {
-            c.delete(k.to_string()).await?;
+        ClientCommand::Get { key, level } => {
+            let level = match level {
+                Level::Linearizable => ReadLevel::Linearizable,
+                Level::Lease => ReadLevel::Lease,
+                Level::Eventual => ReadLevel::Eventual,
+            };
+            match c.get_at(key, level).await? {
+                Some(v) => println!("{}", String::from_utf8_lossy(&v)),
+                None => println!("(not found)"),
+            }
+        }
+        ClientCommand::Delete { key } => {
+            c.delete(key).await?;
             println!("OK");
         }
-        ["status"] => {
-            let s = c.status().await?;
-            println!("{s:#?}");
-        }
-        ["members"] => {
-            let s = c.status().await?;
-            println!("{:#?}", s.membership);
-        }
-        ["transfer-leader", id] => {
-            let to = c.transfer_leader(id.parse().context("node id")?).await?;
+        ClientCommand::Status => print_status(out, &c.status().await?)?,
+        ClientCommand::Members => print_members(out, &c.status().await?)?,
+        ClientCommand::TransferLeader { id } => {
+            let to = c.transfer_leader(id).await?;
             println!("leader is now node {to}");
         }
-        ["add-learner", id, addr] => {
-            let m = c
-                .add_learner(id.parse().context("node id")?, addr.to_string())
-                .await?;
-            println!("{m:#?}");
+        ClientCommand::AddLearner { id, addr } => {
+            let m = c.add_learner(id, addr).await?;
+            println!("{m}");
         }
-        ["set-voters", ids] => {
-            let ids: Vec<u64> = ids
-                .split(',')
-                .map(|s| s.trim().parse::<u64>())
-                .collect::<std::result::Result<_, _>>()
-                .context("node ids")?;
+        ClientCommand::RemoveLearner { id } => {
+            let m = c.remove_learner(id).await?;
+            println!("{m}");
+        }
+        ClientCommand::SetVoters { ids } => {
             let m = c.set_voters(ids).await?;
-            println!("{m:#?}");
+            println!("{m}");
         }
-        _ => {
-            eprintln!("{USAGE}");
-            bail!("unknown client command {words:?}")
+        ClientCommand::Snapshot => {
+            let at = c.trigger_snapshot().await?;
+            println!("snapshot at index {} (term {})", at.index, at.term);
+        }
+        ClientCommand::Endpoint { command } => {
+            let (cluster, health) = match command {
+                EndpointCommand::Health { cluster } => (cluster, true),
+                EndpointCommand::Status { cluster } => (cluster, false),
+            };
+            let endpoints = if cluster {
+                member_addrs(&c.status().await?)
+            } else {
+                addrs
+            };
+            let mut rows = Vec::new();
+            for addr in endpoints {
+                let r = c.status_of(&addr).await.map_err(|e| e.to_string());
+                rows.push((addr, r));
+            }
+            let healthy = rows
+                .iter()
+                .all(|(_, r)| r.as_ref().is_ok_and(|s| s.stopped.is_none()));
+            if health {
+                print_health(out, &rows)?;
+            } else {
+                print_endpoints(out, &rows)?;
+            }
+            if !healthy {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The address of every member, as the node that answered `s` reaches them.
+fn member_addrs(s: &RemoteStatus) -> Vec<String> {
+    let m = &s.membership;
+    m.voters
+        .iter()
+        .chain(&m.outgoing)
+        .chain(&m.learners)
+        .copied()
+        .collect::<std::collections::BTreeSet<NodeId>>()
+        .into_iter()
+        .filter_map(|id| s.peer_addrs.get(&id).cloned())
+        .collect()
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn print_status(out: Output, s: &RemoteStatus) -> Result<()> {
+    if out == Output::Json {
+        return json(s);
+    }
+    let opt = |v: Option<NodeId>| v.map_or("-".to_string(), |v| v.to_string());
+    println!("node      {}", s.node_id);
+    println!("role      {:?}", s.role);
+    println!("term      {}", s.term);
+    println!("leader    {}", opt(s.leader));
+    println!("commit    {}", s.commit);
+    println!("applied   {}", s.applied);
+    println!(
+        "last log  {} (term {})",
+        s.last_log_id.index, s.last_log_id.term
+    );
+    println!("snapshot  {} (term {})", s.snapshot.index, s.snapshot.term);
+    println!("members   {}", s.membership);
+    if let Some(why) = &s.stopped {
+        println!("stopped   {why}");
+    }
+    if !s.progress.is_empty() {
+        println!(
+            "\n{:<6} {:>10} {:>10} {:<12} {:>9} {:>14}",
+            "PEER", "MATCH", "NEXT", "STATE", "IN FLIGHT", "LAST CONTACT"
+        );
+        for (id, p) in &s.progress {
+            let contact = p
+                .last_contact_ms
+                .map_or("never".into(), |ms| format!("{ms} ms ago"));
+            println!(
+                "{:<6} {:>10} {:>10} {:<12} {:>9} {:>14}",
+                id,
+                p.matched,
+                p.next,
+                format!("{:?}", p.state),
+                p.in_flight,
+                contact
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct Member {
+    id: NodeId,
+    role: &'static str,
+    addr: Option<String>,
+}
+
+fn print_members(out: Output, s: &RemoteStatus) -> Result<()> {
+    let m = &s.membership;
+    let mut members: BTreeMap<NodeId, &'static str> = BTreeMap::new();
+    for id in &m.outgoing {
+        members.insert(*id, "voter (outgoing)");
+    }
+    for id in &m.voters {
+        members.insert(*id, "voter");
+    }
+    for id in &m.learners {
+        members.insert(*id, "learner");
+    }
+    let rows: Vec<Member> = members
+        .into_iter()
+        .map(|(id, role)| Member {
+            id,
+            role,
+            addr: s.peer_addrs.get(&id).cloned(),
+        })
+        .collect();
+    if out == Output::Json {
+        return json(&rows);
+    }
+    println!("{:<6} {:<18} ADDRESS", "ID", "ROLE");
+    for r in rows {
+        println!(
+            "{:<6} {:<18} {}",
+            r.id,
+            r.role,
+            r.addr.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct Health<'a> {
+    endpoint: &'a str,
+    healthy: bool,
+    error: Option<String>,
+}
+
+fn print_health(
+    out: Output,
+    rows: &[(String, std::result::Result<RemoteStatus, String>)],
+) -> Result<()> {
+    let rows: Vec<Health<'_>> = rows
+        .iter()
+        .map(|(addr, r)| match r {
+            Ok(s) => Health {
+                endpoint: addr,
+                healthy: s.stopped.is_none(),
+                error: s.stopped.clone(),
+            },
+            Err(e) => Health {
+                endpoint: addr,
+                healthy: false,
+                error: Some(e.clone()),
+            },
+        })
+        .collect();
+    if out == Output::Json {
+        return json(&rows);
+    }
+    for h in rows {
+        match (&h.healthy, &h.error) {
+            (true, _) => println!("{} is healthy", h.endpoint),
+            (false, e) => println!(
+                "{} is unhealthy: {}",
+                h.endpoint,
+                e.as_deref().unwrap_or("?")
+            ),
+        }
+    }
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct EndpointRow<'a> {
+    endpoint: &'a str,
+    #[serde(flatten)]
+    status: Option<&'a RemoteStatus>,
+    error: Option<&'a str>,
+}
+
+fn print_endpoints(
+    out: Output,
+    rows: &[(String, std::result::Result<RemoteStatus, String>)],
+) -> Result<()> {
+    if out == Output::Json {
+        let v: Vec<EndpointRow<'_>> = rows
+            .iter()
+            .map(|(addr, r)| EndpointRow {
+                endpoint: addr,
+                status: r.as_ref().ok(),
+                error: r.as_ref().err().map(String::as_str),
+            })
+            .collect();
+        return json(&v);
+    }
+    println!(
+        "{:<22} {:>4} {:<12} {:>6} {:>6} {:>10} {:>10}",
+        "ENDPOINT", "ID", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED"
+    );
+    for (addr, r) in rows {
+        match r {
+            Ok(s) => println!(
+                "{:<22} {:>4} {:<12} {:>6} {:>6} {:>10} {:>10}",
+                addr,
+                s.node_id,
+                format!("{:?}", s.role),
+                s.term,
+                s.leader.map_or("-".into(), |l| l.to_string()),
+                s.commit,
+                s.applied
+            ),
+            Err(e) => println!("{addr:<22} unreachable: {e}"),
         }
     }
     Ok(())

@@ -7,7 +7,7 @@
 //! Concurrent proposals each take a session of their own from a bounded pool
 //! ([`ClientConfig::max_sessions`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lockstep_core::raft::Role;
-use lockstep_core::runtime::ReadLevel;
+use lockstep_core::runtime::{PeerProgress, ReadLevel};
 use lockstep_core::state_machine::{KvCommand, KvQuery, KvResponse};
 use lockstep_core::{ClientSession, LogId, MembershipConfig, NodeId};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -23,7 +23,8 @@ use tonic::Status;
 
 use crate::config::endpoint_uri;
 use crate::convert::{
-    membership_from_proto, read_level_to_proto, role_from_proto, session_to_proto, ConvertError,
+    membership_from_proto, progress_from_proto, read_level_to_proto, role_from_proto,
+    session_to_proto, ConvertError,
 };
 use crate::proto::client as cpb;
 use crate::proto::client::client_api_client::ClientApiClient;
@@ -181,8 +182,8 @@ pub struct CasOutcome {
     pub current: Option<Bytes>,
 }
 
-/// A node's status as reported over the client API.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A node's status as reported over the client API (serializes for tools).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct RemoteStatus {
     /// The node.
     pub node_id: NodeId,
@@ -206,6 +207,39 @@ pub struct RemoteStatus {
     pub membership: MembershipConfig,
     /// Why it stopped, if it did.
     pub stopped: Option<String>,
+    /// Replication progress per peer (when it leads).
+    pub progress: BTreeMap<NodeId, PeerProgress>,
+    /// Its address book: where it reaches each member.
+    pub peer_addrs: BTreeMap<NodeId, String>,
+}
+
+/// A status response in Rust types.
+fn remote_status(s: cpb::StatusResponse) -> Result<RemoteStatus, ClientError> {
+    let log_id = |l: Option<crate::proto::peer::LogId>| {
+        l.map(|l| LogId::new(l.term, l.index)).unwrap_or_default()
+    };
+    Ok(RemoteStatus {
+        node_id: s.node_id,
+        role: role_from_proto(s.role)?,
+        term: s.term,
+        leader: (s.leader_id != 0).then_some(s.leader_id),
+        leader_addr: (!s.leader_addr.is_empty()).then(|| s.leader_addr.clone()),
+        commit: s.commit,
+        applied: s.applied,
+        last_log_id: log_id(s.last_log_id),
+        snapshot: log_id(s.snapshot),
+        membership: match s.membership {
+            Some(m) if !m.voters.is_empty() => membership_from_proto(Some(m), "membership")?,
+            _ => MembershipConfig::default(),
+        },
+        stopped: (!s.stopped.is_empty()).then_some(s.stopped),
+        progress: s
+            .progress
+            .iter()
+            .map(progress_from_proto)
+            .collect::<Result<_, _>>()?,
+        peer_addrs: s.peer_addrs.into_iter().collect(),
+    })
 }
 
 /// What one attempt produced.
@@ -816,25 +850,62 @@ impl Client {
                 async move { Ok(Attempt::Done(stub.status(req).await?.into_inner())) }
             })
             .await?;
-        let log_id = |l: Option<crate::proto::peer::LogId>| {
-            l.map(|l| LogId::new(l.term, l.index)).unwrap_or_default()
+        remote_status(s)
+    }
+
+    /// The status of the node at `addr` itself, wherever the leader is: one attempt, no
+    /// redirect (for tools that look at every member).
+    pub async fn status_of(&self, addr: &str) -> Result<RemoteStatus, ClientError> {
+        let mut stub = self.stub(addr).map_err(ClientError::Unavailable)?;
+        let per = self.cfg.attempt_timeout;
+        let mut req = tonic::Request::new(cpb::StatusRequest {
+            header: self.header(),
+        });
+        req.set_timeout(per);
+        let s = match tokio::time::timeout(per, stub.status(req)).await {
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    timeout: per,
+                    last: format!("{addr}: no answer"),
+                })
+            }
+            Ok(Err(st)) if retryable_code(st.code()) => {
+                return Err(ClientError::Unavailable(format!(
+                    "{addr}: {}",
+                    st.message()
+                )))
+            }
+            Ok(Err(st)) => {
+                return Err(ClientError::Rpc {
+                    code: st.code(),
+                    message: st.message().to_string(),
+                })
+            }
+            Ok(Ok(r)) => r.into_inner(),
         };
-        Ok(RemoteStatus {
-            node_id: s.node_id,
-            role: role_from_proto(s.role)?,
-            term: s.term,
-            leader: (s.leader_id != 0).then_some(s.leader_id),
-            leader_addr: (!s.leader_addr.is_empty()).then(|| s.leader_addr.clone()),
-            commit: s.commit,
-            applied: s.applied,
-            last_log_id: log_id(s.last_log_id),
-            snapshot: log_id(s.snapshot),
-            membership: match s.membership {
-                Some(m) if !m.voters.is_empty() => membership_from_proto(Some(m), "membership")?,
-                _ => MembershipConfig::default(),
-            },
-            stopped: (!s.stopped.is_empty()).then_some(s.stopped),
-        })
+        remote_status(s)
+    }
+
+    /// Builds a snapshot on the node this client talks to (the leader, if known) and
+    /// returns the last entry it covers.
+    pub async fn trigger_snapshot(&self) -> Result<LogId, ClientError> {
+        let id = self
+            .call(|mut stub, per| {
+                let mut req = tonic::Request::new(cpb::TriggerSnapshotRequest {
+                    header: self.header(),
+                });
+                req.set_timeout(per);
+                async move {
+                    use cpb::trigger_snapshot_response::Outcome;
+                    match stub.trigger_snapshot(req).await?.into_inner().outcome {
+                        Some(Outcome::Snapshot(l)) => Ok(Attempt::Done(l)),
+                        Some(Outcome::Error(e)) => Ok(Attempt::Refused(e)),
+                        None => Err(Status::internal("response without `outcome`")),
+                    }
+                }
+            })
+            .await?;
+        Ok(LogId::new(id.term, id.index))
     }
 
     /// A stream of the leader and membership as seen by the node this client talks to.

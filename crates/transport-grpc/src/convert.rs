@@ -7,8 +7,9 @@
 
 use std::collections::BTreeSet;
 
+use lockstep_core::raft::progress::ReplicationState;
 use lockstep_core::raft::Role;
-use lockstep_core::runtime::ReadLevel;
+use lockstep_core::runtime::{PeerProgress, ReadLevel};
 use lockstep_core::{
     AppendResult, ClientSession, Entry, EntryPayload, LogId, MembershipConfig, Message,
     MessageBody, NodeId, SnapshotMeta,
@@ -372,6 +373,52 @@ pub fn role_to_proto(r: Role) -> cpb::Role {
         Role::Candidate => cpb::Role::Candidate,
         Role::Leader => cpb::Role::Leader,
     }
+}
+
+/// One peer's replication progress.
+pub fn progress_to_proto(id: NodeId, p: &PeerProgress) -> cpb::PeerProgress {
+    let (state, snapshot_index) = match p.state {
+        ReplicationState::Probe => (cpb::ReplicationState::Probe, 0),
+        ReplicationState::Replicate => (cpb::ReplicationState::Replicate, 0),
+        ReplicationState::Snapshot(i) => (cpb::ReplicationState::Snapshot, i),
+    };
+    cpb::PeerProgress {
+        node_id: id,
+        matched: p.matched,
+        next: p.next,
+        state: state as i32,
+        in_flight: p.in_flight as u64,
+        in_flight_bytes: p.in_flight_bytes as u64,
+        last_contact_ms: p.last_contact_ms,
+        snapshot_index,
+    }
+}
+
+/// One peer's replication progress from its protobuf form.
+pub fn progress_from_proto(p: &cpb::PeerProgress) -> Result<(NodeId, PeerProgress), ConvertError> {
+    let state = match cpb::ReplicationState::try_from(p.state) {
+        Ok(cpb::ReplicationState::Probe) => ReplicationState::Probe,
+        Ok(cpb::ReplicationState::Replicate) => ReplicationState::Replicate,
+        Ok(cpb::ReplicationState::Snapshot) => ReplicationState::Snapshot(p.snapshot_index),
+        Err(_) => {
+            return Err(ConvertError::new(
+                "progress.state",
+                format!("unknown replication state {}", p.state),
+            ))
+        }
+    };
+    let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    Ok((
+        p.node_id,
+        PeerProgress {
+            matched: p.matched,
+            next: p.next,
+            state,
+            in_flight: size(p.in_flight),
+            in_flight_bytes: size(p.in_flight_bytes),
+            last_contact_ms: p.last_contact_ms,
+        },
+    ))
 }
 
 /// A role from its protobuf number.

@@ -18,8 +18,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::config::{endpoint_uri, GrpcConfig, TlsConfig};
 use crate::convert::{
     envelope_to_message, header_from_proto, log_id_to_proto, membership_to_proto,
-    node_ids_from_proto, read_level_from_proto, role_to_proto, session_from_proto,
-    snapshot_meta_from_proto,
+    node_ids_from_proto, progress_to_proto, read_level_from_proto, role_to_proto,
+    session_from_proto, snapshot_meta_from_proto,
 };
 use crate::error::GrpcError;
 use crate::limit::{map_stream_error, SizeLimited};
@@ -701,6 +701,37 @@ impl ClientApi for ClientService {
             snapshot: Some(log_id_to_proto(s.snapshot)),
             membership: Some(membership_to_proto(&s.membership)),
             stopped: s.stopped.clone().unwrap_or_default(),
+            progress: s
+                .progress
+                .iter()
+                .map(|(id, p)| progress_to_proto(*id, p))
+                .collect(),
+            peer_addrs: {
+                let t = &self.shared.transport;
+                let mut book = t.peers();
+                if let Some(me) = t.local_addr() {
+                    book.insert(s.id, me);
+                }
+                book.into_iter().collect()
+            },
+        }))
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        request: Request<cpb::TriggerSnapshotRequest>,
+    ) -> Result<Response<cpb::TriggerSnapshotResponse>, Status> {
+        use cpb::trigger_snapshot_response::Outcome;
+        self.shared
+            .check_client(request.get_ref().header.as_ref())?;
+        let outcome = match self.node.trigger_snapshot().await {
+            Ok(meta) => Outcome::Snapshot(log_id_to_proto(
+                meta.map_or(self.node.status().snapshot, |m| m.last_log_id),
+            )),
+            Err(e) => Outcome::Error(self.api_error(e)),
+        };
+        Ok(Response::new(cpb::TriggerSnapshotResponse {
+            outcome: Some(outcome),
         }))
     }
 

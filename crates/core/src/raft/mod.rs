@@ -37,7 +37,7 @@ use self::read::ReadState;
 use self::transfer::Transfer;
 
 /// The role a node plays in its current term.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Role {
     /// Follows a leader (or waits for one). Learners are always followers.
     Follower,
@@ -143,6 +143,8 @@ pub struct Status {
     pub membership: MembershipConfig,
     /// Per-peer replication progress (leaders only).
     pub progress: BTreeMap<NodeId, Progress>,
+    /// The protocol's clock, in ticks (for [`Progress::ticks_since_contact`]).
+    pub now: u64,
 }
 
 /// State kept only while leader.
@@ -326,6 +328,7 @@ impl Raft {
                 .as_ref()
                 .map(|l| l.progress.clone())
                 .unwrap_or_default(),
+            now: self.now,
         }
     }
 

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use crate::types::Index;
 
 /// How the leader is currently replicating to a follower.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum ReplicationState {
     /// Not yet known where the logs agree: one message at a time.
     Probe,
@@ -39,6 +39,8 @@ pub struct Progress {
     pub(crate) stall_marker: Option<(Option<Index>, Index)>,
     /// Highest commit index sent in an AppendEntries.
     pub(crate) commit_sent: Index,
+    /// The protocol's clock (in ticks) when the follower last answered.
+    pub(crate) last_contact: Option<u64>,
 }
 
 impl Progress {
@@ -56,7 +58,29 @@ impl Progress {
             snapshot_ticks: 0,
             stall_marker: None,
             commit_sent: 0,
+            last_contact: None,
         }
+    }
+
+    /// The follower answered at tick `now`.
+    pub(crate) fn heard_from(&mut self, now: u64) {
+        self.recent_active = true;
+        self.last_contact = Some(now);
+    }
+
+    /// Messages sent to the follower and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Bytes of entries sent to the follower and not yet answered.
+    pub fn in_flight_bytes(&self) -> usize {
+        self.inflight_bytes
+    }
+
+    /// Ticks since the follower last answered, at protocol time `now`; `None` if never.
+    pub fn ticks_since_contact(&self, now: u64) -> Option<u64> {
+        self.last_contact.map(|t| now.saturating_sub(t))
     }
 
     pub(crate) fn become_probe(&mut self) {

@@ -298,10 +298,11 @@ impl Raft {
                 durable,
             } => {
                 let (last_accepted, durable) = (last_accepted.min(last), durable.min(last));
+                let now = self.now;
                 let Some(pr) = self.progress_mut(from) else {
                     return;
                 };
-                pr.recent_active = true;
+                pr.heard_from(now);
                 pr.free_upto(last_accepted);
                 match pr.state {
                     ReplicationState::Probe => {
@@ -334,10 +335,11 @@ impl Raft {
                 } else {
                     hint.index
                 };
+                let now = self.now;
                 let Some(pr) = self.progress_mut(from) else {
                     return;
                 };
-                pr.recent_active = true;
+                pr.heard_from(now);
                 let stale = match pr.state {
                     ReplicationState::Probe => rejected.saturating_add(1) != pr.next,
                     ReplicationState::Replicate => rejected <= pr.matched,
@@ -381,10 +383,11 @@ impl Raft {
             return;
         }
         let last = self.log.last_index();
+        let now = self.now;
         let Some(pr) = self.progress_mut(from) else {
             return;
         };
-        pr.recent_active = true;
+        pr.heard_from(now);
         pr.read_ack = pr.read_ack.max(read_seq);
         let advanced = durable.min(last) > pr.matched && pr.state == ReplicationState::Replicate;
         if advanced {

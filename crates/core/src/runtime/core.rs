@@ -429,7 +429,7 @@ impl Core {
                 || cur.snapshot != s.snapshot
                 || cur.membership != s.membership;
             if changed {
-                *cur = NodeStatus::from_protocol(s);
+                *cur = NodeStatus::from_protocol(s, self.cfg.tick);
             }
             changed
         });

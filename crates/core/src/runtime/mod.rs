@@ -23,7 +23,7 @@ mod recovery;
 mod status;
 
 pub use self::config::RuntimeConfig;
-pub use self::status::NodeStatus;
+pub use self::status::{NodeStatus, PeerProgress};
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -337,7 +337,8 @@ impl Node {
             (None, Some(t))
         };
         let log_thread: LogThread = Arc::new(Mutex::new(log_thread));
-        let (status_tx, status_rx) = watch::channel(NodeStatus::from_protocol(raft.status()));
+        let (status_tx, status_rx) =
+            watch::channel(NodeStatus::from_protocol(raft.status(), runtime.tick));
         let building = Arc::new(AtomicBool::new(false));
         let lease = Arc::new(lease::LeaseCell::default());
         lease.set_applied(opened.applied);
