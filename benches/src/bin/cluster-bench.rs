@@ -4,6 +4,7 @@
 //! cluster-bench [--quick] [--modes cluster,remote,framework] [--backends file,rocksdb,sled]
 //!               [--out DIR] [--limit-secs N] [--scale F] [--workloads ID,..]
 //!               [--framework-clients 1,100,1024,4096] [--framework-ops N] [--framework-ops-single N]
+//!               [--metrics]   (every node serves [metrics]: to measure the cost of metrics)
 //! cluster-bench node --config FILE    (a node process; the benchmark starts these itself)
 //! ```
 //!
@@ -99,6 +100,7 @@ async fn bench(args: &[String]) -> Result<(), String> {
             "--framework-ops-single",
             if quick { 2_000 } else { 100_000 },
         )?,
+        metrics: args.iter().any(|a| a == "--metrics"),
     };
     for m in &modes_list {
         if !["cluster", "remote", "framework"].contains(&m.as_str()) {

@@ -37,6 +37,8 @@ pub struct Settings {
     pub framework_ops: usize,
     /// Framework mode: operations with 1 client.
     pub framework_ops_single: usize,
+    /// Every node serves `[metrics]` (Prometheus recorder installed): to measure its cost.
+    pub metrics: bool,
 }
 
 /// Settings every benchmark node gets: an election timeout of 300-600 ms (30 ticks of
@@ -122,6 +124,14 @@ pub async fn cluster(backend: &str, embedded: bool, s: &Settings) -> Result<Vec<
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
     let mut procs = ProcessCluster::prepare(exe, 3, backend, NODE_SETTINGS, &s.base)
         .map_err(|e| format!("preparing the cluster under {}: {e}", s.base.display()))?;
+    if s.metrics {
+        for id in 1..=3 {
+            let path = procs.config_path(id);
+            let mut text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+            text.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+            std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        }
+    }
     let first_process = if embedded { 2 } else { 1 };
     for id in first_process..=3 {
         procs

@@ -6,12 +6,16 @@
 //! |---|---|
 //! | `HardState` | `term u64, vote u64 (0 = none), commit u64` |
 //! | `MembershipConfig` | `3 × (count u32, count × node id u64)`: voters, outgoing, learners |
-//! | `SnapshotMeta` | `last term u64, last index u64, MembershipConfig` |
-//! | `Entry` | `term u64, index u64, tag u8, body`; tag 0 blank (no body), 1 command (`has session u8, client id u64, sequence u64, len u32, bytes`), 2 membership (`MembershipConfig`) |
+//! | addresses | `count u32, count × (node id u64, len u32, UTF-8 bytes)`: `MembershipConfig::addrs` |
+//! | `SnapshotMeta` | `last term u64, last index u64, MembershipConfig`; bit 63 of the term set: addresses follow |
+//! | `Entry` | `term u64, index u64, tag u8, body`; tag 0 blank (no body), 1 command (`has session u8, client id u64, sequence u64, len u32, bytes`), 2 membership (`MembershipConfig`), 3 membership with addresses (`MembershipConfig, addresses`) |
+//!
+//! A configuration without addresses is written exactly as before addresses existed (tag 2,
+//! bit 63 clear), so older data reads unchanged.
 //!
 //! Decoding never panics: truncated or malformed input is a [`CodecError`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::{BufMut, Bytes};
 
@@ -143,29 +147,83 @@ pub fn put_membership(out: &mut impl BufMut, m: &MembershipConfig) {
     put_set(out, &m.learners);
 }
 
-/// Reads a membership configuration.
+/// Reads a membership configuration (without addresses).
 pub fn get_membership(r: &mut Reader<'_>) -> Result<MembershipConfig, CodecError> {
     Ok(MembershipConfig {
         voters: get_set(r)?,
         outgoing: get_set(r)?,
         learners: get_set(r)?,
+        addrs: BTreeMap::new(),
     })
 }
 
+/// Longest address accepted when decoding.
+const MAX_ADDR_BYTES: usize = 1024;
+
+/// Appends the members' addresses.
+pub fn put_addrs(out: &mut impl BufMut, addrs: &BTreeMap<NodeId, String>) {
+    out.put_u32_le(addrs.len() as u32);
+    for (id, a) in addrs {
+        out.put_u64_le(*id);
+        out.put_u32_le(a.len() as u32);
+        out.put_slice(a.as_bytes());
+    }
+}
+
+/// Reads the members' addresses.
+pub fn get_addrs(r: &mut Reader<'_>) -> Result<BTreeMap<NodeId, String>, CodecError> {
+    let n = r.u32()? as usize;
+    if n.saturating_mul(12) > r.remaining() {
+        return Err(r.err(format!("address count {n} exceeds the record")));
+    }
+    let mut out = BTreeMap::new();
+    for _ in 0..n {
+        let id = r.u64()?;
+        let len = r.u32()? as usize;
+        if len > MAX_ADDR_BYTES {
+            return Err(r.err(format!(
+                "address of node {id} is {len} bytes (at most {MAX_ADDR_BYTES})"
+            )));
+        }
+        let b = r.bytes(len)?;
+        let a = std::str::from_utf8(b)
+            .map_err(|_| r.err(format!("address of node {id} is not UTF-8")))?;
+        out.insert(id, a.to_string());
+    }
+    Ok(out)
+}
+
+/// Encoded size of a set of addresses.
+fn addrs_len(addrs: &BTreeMap<NodeId, String>) -> usize {
+    4 + addrs.values().map(|a| 12 + a.len()).sum::<usize>()
+}
+
+/// Bit 63 of a snapshot's term: its membership's addresses follow.
+const META_HAS_ADDRS: u64 = 1 << 63;
+
 /// Appends snapshot metadata.
 pub fn put_snapshot_meta(out: &mut impl BufMut, m: &SnapshotMeta) {
-    out.put_u64_le(m.last_log_id.term);
+    let with_addrs = !m.membership.addrs.is_empty();
+    let flag = if with_addrs { META_HAS_ADDRS } else { 0 };
+    out.put_u64_le(m.last_log_id.term | flag);
     out.put_u64_le(m.last_log_id.index);
     put_membership(out, &m.membership);
+    if with_addrs {
+        put_addrs(out, &m.membership.addrs);
+    }
 }
 
 /// Reads snapshot metadata.
 pub fn get_snapshot_meta(r: &mut Reader<'_>) -> Result<SnapshotMeta, CodecError> {
     let term = r.u64()?;
     let index = r.u64()?;
+    let mut membership = get_membership(r)?;
+    if term & META_HAS_ADDRS != 0 {
+        membership.addrs = get_addrs(r)?;
+    }
     Ok(SnapshotMeta {
-        last_log_id: LogId::new(term, index),
-        membership: get_membership(r)?,
+        last_log_id: LogId::new(term & !META_HAS_ADDRS, index),
+        membership,
     })
 }
 
@@ -187,9 +245,14 @@ pub fn put_entry(out: &mut impl BufMut, e: &Entry) {
             out.put_u32_le(data.len() as u32);
             out.put_slice(data);
         }
-        EntryPayload::Membership(m) => {
+        EntryPayload::Membership(m) if m.addrs.is_empty() => {
             out.put_u8(2);
             put_membership(out, m);
+        }
+        EntryPayload::Membership(m) => {
+            out.put_u8(3);
+            put_membership(out, m);
+            put_addrs(out, &m.addrs);
         }
     }
 }
@@ -200,7 +263,12 @@ pub fn entry_len(e: &Entry) -> usize {
         EntryPayload::Blank => 0,
         EntryPayload::Command { data, .. } => 21 + data.len(),
         EntryPayload::Membership(m) => {
-            12 + 8 * (m.voters.len() + m.outgoing.len() + m.learners.len())
+            let addrs = if m.addrs.is_empty() {
+                0
+            } else {
+                addrs_len(&m.addrs)
+            };
+            12 + 8 * (m.voters.len() + m.outgoing.len() + m.learners.len()) + addrs
         }
     }
 }
@@ -234,6 +302,11 @@ pub fn get_entry(r: &mut Reader<'_>, source: Option<&Bytes>) -> Result<Entry, Co
             EntryPayload::Command { session, data }
         }
         2 => EntryPayload::Membership(get_membership(r)?),
+        3 => {
+            let mut m = get_membership(r)?;
+            m.addrs = get_addrs(r)?;
+            EntryPayload::Membership(m)
+        }
         t => return Err(r.err(format!("unknown payload tag {t}"))),
     };
     Ok(Entry {
@@ -290,6 +363,7 @@ mod tests {
                     voters: [1, 2].into(),
                     outgoing: [1, 2, 3].into(),
                     learners: [9].into(),
+                    addrs: Default::default(),
                 }),
             },
         ]
@@ -341,5 +415,68 @@ mod tests {
         let mut r = Reader::new(&v, "membership");
         let err = get_membership(&mut r).unwrap_err();
         assert!(err.detail.contains("member count"), "{err}");
+    }
+
+    fn with_addrs() -> MembershipConfig {
+        let mut m = MembershipConfig::new_voters([1, 2, 3, 4]);
+        m.addrs.insert(4, "10.0.0.4:7001".into());
+        m
+    }
+
+    #[test]
+    fn membership_with_addresses_round_trips_in_entries_and_snapshot_meta() {
+        let e = Entry {
+            log_id: LogId::new(3, 9),
+            payload: EntryPayload::Membership(with_addrs()),
+        };
+        let b = encode_entry(&e);
+        assert_eq!(b.len(), entry_len(&e));
+        assert_eq!(b[16], 3, "a configuration with addresses has its own tag");
+        assert_eq!(decode_entry(&b).unwrap(), e);
+        let meta = SnapshotMeta {
+            last_log_id: LogId::new(3, 9),
+            membership: with_addrs(),
+        };
+        let mut v = Vec::new();
+        put_snapshot_meta(&mut v, &meta);
+        let mut r = Reader::new(&v, "snapshot meta");
+        assert_eq!(get_snapshot_meta(&mut r).unwrap(), meta);
+    }
+
+    #[test]
+    fn a_configuration_without_addresses_is_written_as_before_they_existed() {
+        let e = Entry {
+            log_id: LogId::new(3, 9),
+            payload: EntryPayload::Membership(MembershipConfig::new_voters([1, 2, 3])),
+        };
+        let b = encode_entry(&e);
+        assert_eq!(b[16], 2);
+        assert_eq!(b.len(), 17 + 12 + 3 * 8);
+        let meta = SnapshotMeta {
+            last_log_id: LogId::new(3, 9),
+            membership: MembershipConfig::new_voters([1]),
+        };
+        let mut v = Vec::new();
+        put_snapshot_meta(&mut v, &meta);
+        assert_eq!(&v[..8], &3u64.to_le_bytes(), "the term carries no flag");
+    }
+
+    #[test]
+    fn an_oversized_or_invalid_address_is_an_error_not_an_allocation() {
+        let mut v = Vec::new();
+        put_membership(&mut v, &MembershipConfig::new_voters([1]));
+        v.extend_from_slice(&1u32.to_le_bytes());
+        v.extend_from_slice(&4u64.to_le_bytes());
+        v.extend_from_slice(&u32::MAX.to_le_bytes());
+        let mut r = Reader::new(&v, "membership");
+        get_membership(&mut r).unwrap();
+        assert!(get_addrs(&mut r).unwrap_err().to_string().contains("bytes"));
+        let mut v = Vec::new();
+        v.extend_from_slice(&1u32.to_le_bytes());
+        v.extend_from_slice(&4u64.to_le_bytes());
+        v.extend_from_slice(&2u32.to_le_bytes());
+        v.extend_from_slice(&[0xff, 0xfe]);
+        let mut r = Reader::new(&v, "membership");
+        assert!(get_addrs(&mut r).unwrap_err().to_string().contains("UTF-8"));
     }
 }

@@ -1,6 +1,6 @@
 //! Cluster configurations, quorums and membership-change requests (thesis chapter 4).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::types::{Index, NodeId};
 
@@ -14,6 +14,12 @@ pub struct MembershipConfig {
     pub outgoing: BTreeSet<NodeId>,
     /// Non-voting members that receive the log (thesis §4.2.1).
     pub learners: BTreeSet<NodeId>,
+    /// Where members added at run time are reached ([`MembershipChange::AddLearnerAt`]).
+    /// Replicated with the configuration and kept in snapshots, so every node, restarted
+    /// or new, learns them from the log; a node's own `[peers]` (the founders) take
+    /// precedence. A member's address goes when the member leaves.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub addrs: BTreeMap<NodeId, String>,
 }
 
 /// A requested change of membership.
@@ -21,6 +27,8 @@ pub struct MembershipConfig {
 pub enum MembershipChange {
     /// Adds a non-voting learner.
     AddLearner(NodeId),
+    /// Adds a non-voting learner reached at this address, recorded in the configuration.
+    AddLearnerAt(NodeId, String),
     /// Removes a learner.
     RemoveLearner(NodeId),
     /// Makes exactly this set the voters. Learners in the set are promoted; voters not in the
@@ -120,9 +128,10 @@ impl MembershipConfig {
             voters: self.voters.clone(),
             outgoing: BTreeSet::new(),
             learners: self.learners.clone(),
+            addrs: self.addrs.clone(),
         };
         match change {
-            MembershipChange::AddLearner(id) => {
+            MembershipChange::AddLearner(id) | MembershipChange::AddLearnerAt(id, _) => {
                 if *id == 0 {
                     return Err(MembershipError::ReservedNodeId);
                 }
@@ -130,6 +139,9 @@ impl MembershipConfig {
                     return Err(MembershipError::AlreadyVoter(*id));
                 }
                 next.learners.insert(*id);
+                if let MembershipChange::AddLearnerAt(_, addr) = change {
+                    next.addrs.insert(*id, addr.clone());
+                }
             }
             MembershipChange::RemoveLearner(id) => {
                 if !next.learners.remove(id) {
@@ -147,7 +159,14 @@ impl MembershipConfig {
                 next.voters = voters.clone();
             }
         }
+        next.keep_members_addrs();
         Ok(next)
+    }
+
+    /// Drops the addresses of nodes that are no longer members.
+    pub fn keep_members_addrs(&mut self) {
+        let members = self.members();
+        self.addrs.retain(|id, _| members.contains(id));
     }
 
     /// Number of voters that differ between `self` and `other` (symmetric difference).
@@ -190,6 +209,7 @@ mod tests {
             voters: set(&[3, 4, 5]),
             outgoing: set(&[1, 2, 3]),
             learners: BTreeSet::new(),
+            addrs: Default::default(),
         };
         // {1,2} is a majority of the old config only; {4,5} of the new only.
         assert!(!c.is_quorum(|id| id == 1 || id == 2));
@@ -203,6 +223,7 @@ mod tests {
             voters: set(&[3, 4, 5]),
             outgoing: set(&[1, 2, 3]),
             learners: BTreeSet::new(),
+            addrs: Default::default(),
         };
         let idx = |id: NodeId| [0, 10, 9, 8, 2, 1][id as usize];
         // old: 10, 9, 8 -> 9; new: 8, 2, 1 -> 2
@@ -236,5 +257,23 @@ mod tests {
             c.apply_change(&MembershipChange::RemoveLearner(9)),
             Err(MembershipError::NotLearner(9))
         );
+    }
+
+    #[test]
+    fn an_address_added_with_a_learner_stays_while_it_is_a_member_and_goes_with_it() {
+        let c = MembershipConfig::new_voters([1, 2, 3]);
+        let c = c
+            .apply_change(&MembershipChange::AddLearnerAt(4, "h4:7001".into()))
+            .unwrap();
+        assert_eq!(c.addrs.get(&4).map(String::as_str), Some("h4:7001"));
+        let c = c
+            .apply_change(&MembershipChange::SetVoters(set(&[1, 2, 3, 4])))
+            .unwrap();
+        assert!(c.voters.contains(&4));
+        assert_eq!(c.addrs.get(&4).map(String::as_str), Some("h4:7001"));
+        let c = c
+            .apply_change(&MembershipChange::SetVoters(set(&[1, 2, 3])))
+            .unwrap();
+        assert!(c.addrs.is_empty(), "a removed member's address goes: {c:?}");
     }
 }

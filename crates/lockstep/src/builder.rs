@@ -51,6 +51,9 @@ pub enum BuildError {
     /// The runtime refused to start.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// The metrics and health endpoint (`[metrics]`) could not start.
+    #[error("{0}")]
+    Metrics(String),
 }
 
 /// Builds a node. The d-engine style call
@@ -232,6 +235,17 @@ impl NodeBuilder {
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(1)
         });
+        // The recorder first: the node registers its metrics with it as it starts.
+        #[cfg(feature = "grpc")]
+        if self.config.metrics.is_some() {
+            crate::observe::prometheus().map_err(BuildError::Metrics)?;
+        }
+        #[cfg(not(feature = "grpc"))]
+        if self.config.metrics.is_some() {
+            return Err(BuildError::Metrics(
+                "[metrics] needs the lockstep feature `grpc`".into(),
+            ));
+        }
         let node = Node::start(NodeParts {
             raft: self.config.raft_config(),
             runtime: self.config.runtime_config(),
@@ -253,6 +267,10 @@ impl NodeBuilder {
             Some(n) => Some(n.serve(&node, self.shutdown.clone()).await?),
             None => None,
         };
+        #[cfg(feature = "grpc")]
+        if let Some(s) = &server {
+            learn_member_addresses(&node, s.transport.clone());
+        }
         if let Some(mut rx) = self.shutdown.take() {
             let n = node.clone();
             tokio::spawn(async move {
@@ -261,10 +279,21 @@ impl NodeBuilder {
                 }
             });
         }
+        #[cfg(feature = "grpc")]
+        let http = match &self.config.metrics {
+            Some(m) => Some(
+                crate::observe::serve(node.clone(), m)
+                    .await
+                    .map_err(BuildError::Metrics)?,
+            ),
+            None => None,
+        };
         Ok(RunningNode {
             node,
             server,
             _dir_lock: dir_lock,
+            #[cfg(feature = "grpc")]
+            http,
         })
     }
 
@@ -419,6 +448,36 @@ impl NetworkParts {
 }
 
 /// A node's running gRPC server.
+/// Keeps the address book in step with the replicated configuration: a member whose address
+/// the configuration records (added with an address at run time) and that this node's own
+/// `[peers]` do not name is added, now and after every change, so a restarted node reaches
+/// members that joined after its config was written.
+#[cfg(feature = "grpc")]
+fn learn_member_addresses(node: &Node, transport: Arc<lockstep_transport_grpc::GrpcTransport>) {
+    let mut status = node.watch_status();
+    let me = node.id();
+    tokio::spawn(async move {
+        loop {
+            let addrs = status.borrow_and_update().membership.addrs.clone();
+            for (id, addr) in addrs {
+                if id != me && !transport.knows(id) {
+                    match transport.add_new_peer(id, addr.clone()) {
+                        Ok(_) => {
+                            tracing::info!(node = me, peer = id, %addr, "address of a member learned from the configuration")
+                        }
+                        Err(e) => {
+                            tracing::warn!(node = me, peer = id, %addr, error = %e, "address from the configuration not usable")
+                        }
+                    }
+                }
+            }
+            if status.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
 struct Server {
     #[cfg(feature = "grpc")]
     handle: tokio::sync::Mutex<Option<lockstep_transport_grpc::ServerHandle>>,
@@ -433,6 +492,9 @@ pub struct RunningNode {
     server: Option<Server>,
     /// The data directory's lock, released when the node is dropped.
     _dir_lock: Option<data_dir::DirLock>,
+    /// The metrics and health endpoint, if configured; stops when dropped.
+    #[cfg(feature = "grpc")]
+    http: Option<crate::observe::HttpEndpoint>,
 }
 
 impl RunningNode {
@@ -448,6 +510,12 @@ impl RunningNode {
         let s = self.server.as_ref()?;
         let h = s.handle.lock().await;
         h.as_ref().map(|h| h.local_addr())
+    }
+
+    /// The address of the metrics and health endpoint (`[metrics]`, feature `grpc`).
+    #[cfg(feature = "grpc")]
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().map(|h| h.local_addr())
     }
 
     /// The gRPC transport (feature `grpc`), e.g. to add a peer's address at run time.

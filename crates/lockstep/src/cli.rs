@@ -189,9 +189,26 @@ async fn node(path: PathBuf) -> Result<()> {
         addr.map_or("?".into(), |a| a.to_string())
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut status = node.watch_status();
+    // A node that stops by itself (fail-stop on a storage error) ends the process with an
+    // error, so a supervisor (systemd, Kubernetes) sees it and can restart it.
+    let stopped = async move {
+        loop {
+            if let Some(why) = status.borrow_and_update().stopped.clone() {
+                return why;
+            }
+            if status.changed().await.is_err() {
+                return "the node stopped".to_string();
+            }
+        }
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        why = stopped => {
+            node.shutdown().await.ok();
+            return Err(format!("node {id} stopped: {why}").into());
+        }
     }
     eprintln!("node {id} shutting down");
     node.shutdown().await?;

@@ -34,11 +34,13 @@ pub mod data_dir;
 mod doc_tests;
 #[cfg(feature = "grpc")]
 pub mod network;
+#[cfg(feature = "grpc")]
+pub mod observe;
 #[cfg(all(feature = "testing", feature = "grpc"))]
 pub mod processes;
 
 pub use builder::{BuildError, NodeBuilder, RunningNode};
-pub use config::{BootstrapConfig, Config, ConfigError, StorageKind};
+pub use config::{BootstrapConfig, Config, ConfigError, MetricsSection, StorageKind};
 
 pub use lockstep_core::handler::{
     BytesSince, DefaultStateMachineHandler, EntriesSince, Never, SnapshotPolicy, SnapshotPolicyExt,

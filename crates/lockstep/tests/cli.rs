@@ -127,3 +127,120 @@ async fn status_members_and_endpoints_print_json_for_tools() {
     assert_eq!(o.status.code(), Some(1), "{o:?}");
     assert!(stdout(&o).contains("unhealthy"), "{}", stdout(&o));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_lockstep_node_on_a_held_data_directory_fails_naming_the_holder() {
+    let cluster = ProcessCluster::start(BIN, 1, "file", "").unwrap();
+    // Once the first node answers, it holds its data directory's lock.
+    cluster.client().await.unwrap();
+    let pid = cluster.pid(1).unwrap();
+    let mut second = Command::new(BIN)
+        .args(["node", "--config"])
+        .arg(cluster.config_path(1))
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = second.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            second.kill().unwrap();
+            panic!("a second node started on a data directory in use");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("in use by another node"), "{err}");
+    assert!(err.contains(&format!("process {pid}")), "{err}");
+}
+
+/// A CA and one certificate for 127.0.0.1 / localhost (server and client use), as PEM
+/// files in `dir`: (ca, cert, key).
+fn certificates(dir: &std::path::Path) -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.distinguished_name.push(DnType::CommonName, "test CA");
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    leaf.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    (
+        write("ca.pem", &ca_pem),
+        write("node.pem", &cert.pem()),
+        write("node.key", &key.serialize_pem()),
+    )
+}
+
+#[test]
+fn the_client_speaks_tls_from_the_config_or_from_flags() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(certs.path());
+    let tls = format!(
+        "[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nca = \"{ca}\"\nrequire_client_cert = true\n"
+    );
+    let cluster = ProcessCluster::start(BIN, 3, "file", &tls).unwrap();
+    let config = cluster.config_path(1);
+    // [tls] of the node's config: the CA, and the node's certificate as the client's.
+    let o = lockstep(&[
+        "client",
+        "--config",
+        config.to_str().unwrap(),
+        "put",
+        "k",
+        "over tls",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let addrs = cluster.addrs().join(",");
+    let flags = [
+        "client",
+        "--addrs",
+        &addrs,
+        "--cluster-id",
+        cluster.cluster_id(),
+        "--timeout-ms",
+        "3000",
+    ];
+    let with = |extra: &[&str]| {
+        let mut a: Vec<&str> = flags.to_vec();
+        a.extend_from_slice(extra);
+        lockstep(&a)
+    };
+    let o = with(&["--ca", &ca, "--cert", &cert, "--key", &key, "get", "k"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert_eq!(stdout(&o).trim(), "over tls");
+    // Mutual TLS: without a client certificate, or without trusting the CA, no answer.
+    assert_eq!(with(&["--ca", &ca, "get", "k"]).status.code(), Some(1));
+    assert_eq!(with(&["get", "k"]).status.code(), Some(1));
+    // --cert without --key is a usage error.
+    assert_eq!(
+        with(&["--ca", &ca, "--cert", &cert, "get", "k"])
+            .status
+            .code(),
+        Some(2)
+    );
+}

@@ -67,6 +67,7 @@ pub fn membership_to_proto(m: &MembershipConfig) -> pb::Membership {
         voters: m.voters.iter().copied().collect(),
         outgoing: m.outgoing.iter().copied().collect(),
         learners: m.learners.iter().copied().collect(),
+        addrs: m.addrs.iter().map(|(k, v)| (*k, v.clone())).collect(),
     }
 }
 
@@ -100,6 +101,7 @@ pub fn membership_from_proto(
         voters: node_ids_from_proto(&m.voters, &format!("{field}.voters"))?,
         outgoing: node_ids_from_proto(&m.outgoing, &format!("{field}.outgoing"))?,
         learners: node_ids_from_proto(&m.learners, &format!("{field}.learners"))?,
+        addrs: m.addrs.into_iter().collect(),
     };
     if cfg.voters.is_empty() {
         return Err(ConvertError::new(
@@ -465,6 +467,7 @@ mod tests {
             voters: [1, 2, 3].into(),
             outgoing: [1, 2, 4].into(),
             learners: [9].into(),
+            addrs: [(9, "10.0.0.9:7001".to_string())].into(),
         }
     }
 
@@ -650,6 +653,7 @@ mod tests {
             voters: v,
             outgoing: vec![],
             learners: l,
+            addrs: Default::default(),
         };
         assert_eq!(
             field_of(append(vec![bad_membership(m(vec![1, 0], vec![]))])),

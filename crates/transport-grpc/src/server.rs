@@ -166,6 +166,26 @@ impl GrpcServer {
         })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+        // grpc.health.v1: SERVING while the node runs, NOT_SERVING once it stopped.
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<ClientApiServer<ClientService>>().await;
+        let mut status = node.watch_status();
+        tokio::spawn(async move {
+            loop {
+                if status.borrow_and_update().stopped.is_some() {
+                    health
+                        .set_not_serving::<ClientApiServer<ClientService>>()
+                        .await;
+                    health
+                        .set_service_status("", tonic_health::ServingStatus::NotServing)
+                        .await;
+                    return;
+                }
+                if status.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
         let client = ClientApiServer::new(ClientService {
             shared: shared.clone(),
             node,
@@ -184,7 +204,8 @@ impl GrpcServer {
         }
         let router = builder
             .add_service(SizeLimited::new(peer, max))
-            .add_service(SizeLimited::new(client, max));
+            .add_service(SizeLimited::new(client, max))
+            .add_service(health_service);
 
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let signal = async move {
@@ -287,9 +308,18 @@ impl Shared {
     }
 }
 
-/// Logs a refused peer request (once per stream: the refusal ends it).
+/// Logs and counts a refused peer request (once per stream: the refusal ends it), in
+/// `lockstep_peer_messages_rejected_total{reason}` with the reason from its status code.
 fn refused(node: NodeId, what: &str, st: Status) -> Status {
     tracing::warn!(node, code = ?st.code(), message = st.message(), "refused peer {what}");
+    let reason = match st.code() {
+        tonic::Code::FailedPrecondition => "wrong_cluster_or_version",
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => "unknown_peer",
+        tonic::Code::InvalidArgument => "malformed",
+        tonic::Code::ResourceExhausted => "too_large",
+        _ => "other",
+    };
+    lockstep_core::runtime::metrics::peer_message_rejected(node, reason);
     st
 }
 
@@ -635,10 +665,12 @@ impl ClientApi for ClientService {
                     // that all members accept its messages once it votes or another node
                     // leads. A retried request announces again.
                     let transport = self.shared.transport.clone();
-                    let (id, addr) = (l.id, l.addr);
+                    let (id, addr) = (l.id, l.addr.clone());
                     let mut announce =
                         tokio::spawn(async move { transport.announce_peer(id, &addr).await });
-                    let r = self.node.add_learner(id).await;
+                    // The address goes into the replicated configuration too: nodes that
+                    // restart later (or join later) learn it from the log.
+                    let r = self.node.add_learner_at(l.id, l.addr).await;
                     if r.is_ok() {
                         // Usually done by now; otherwise it goes on in the background.
                         let _ = tokio::time::timeout(ANNOUNCE_WAIT, &mut announce).await;

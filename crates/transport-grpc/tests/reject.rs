@@ -204,6 +204,7 @@ async fn corrupt_or_out_of_order_snapshot_streams_are_refused() {
                     voters: vec![1, 2],
                     outgoing: vec![],
                     learners: vec![],
+                    addrs: Default::default(),
                 }),
             }),
             total_len,
@@ -390,6 +391,7 @@ async fn a_snapshot_the_node_already_holds_is_answered_at_once_without_its_data(
                     voters: vec![1],
                     outgoing: vec![],
                     learners: vec![],
+                    addrs: Default::default(),
                 }),
             }),
             total_len: pieces * chunk.len() as u64,
@@ -449,5 +451,46 @@ async fn watch_leader_streams_beyond_the_limit_are_refused_until_one_ends() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+    }
+}
+
+#[tokio::test]
+async fn grpc_health_reports_serving_then_not_serving_once_the_node_stopped() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let n = single_node().await;
+    let mut h = HealthClient::new(channel(&n).await);
+    for service in ["", "lockstep.client.v1.ClientApi"] {
+        let r = h
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status(), ServingStatus::Serving, "service {service:?}");
+    }
+    // A fail-stop or shutdown leaves the server up but the node stopped.
+    n.node.shutdown().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = h
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if r.status() == ServingStatus::NotServing {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {:?}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

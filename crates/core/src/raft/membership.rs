@@ -148,10 +148,14 @@ impl Raft {
         let next = if direct {
             target
         } else {
+            // While joint, the outgoing voters keep their addresses.
+            let mut addrs = current.addrs.clone();
+            addrs.extend(target.addrs);
             MembershipConfig {
                 voters: target.voters,
                 outgoing: current.voters.clone(),
                 learners: target.learners,
+                addrs,
             }
         };
         tracing::info!(node = self.id, from = %current, to = %next, "membership change");
@@ -196,11 +200,13 @@ impl Raft {
         }
         let config = self.membership.effective().clone();
         if config.is_joint() {
-            let next = MembershipConfig {
+            let mut next = MembershipConfig {
                 voters: config.voters.clone(),
                 outgoing: Default::default(),
                 learners: config.learners.clone(),
+                addrs: config.addrs.clone(),
             };
+            next.keep_members_addrs();
             tracing::info!(node = self.id, to = %next, "leaving joint consensus");
             let index = self.append_as_leader(vec![(EntryPayload::Membership(next), None)]);
             if let Some(ls) = self.leader_state.as_mut() {

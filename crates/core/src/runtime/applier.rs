@@ -5,6 +5,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
@@ -39,6 +41,9 @@ pub(crate) struct Applier {
     pub(crate) log: mpsc::UnboundedSender<LogOp>,
     pub(crate) building: Arc<AtomicBool>,
     pub(crate) lease: Arc<super::lease::LeaseCell>,
+    pub(crate) metrics: Arc<super::metrics::NodeMetrics>,
+    /// This node, for the spans.
+    pub(crate) node: crate::types::NodeId,
 }
 
 impl Applier {
@@ -56,7 +61,13 @@ impl Applier {
                     }
                 }
                 ApplyJob::Install { meta, reset_log } => {
-                    match self.handler.install_snapshot(&meta).await {
+                    let span = tracing::debug_span!(
+                        "snapshot_install",
+                        node = self.node,
+                        term = meta.last_log_id.term,
+                        index = meta.last_log_id.index
+                    );
+                    match self.handler.install_snapshot(&meta).instrument(span).await {
                         Ok(()) => {
                             self.lease.set_applied(meta.last_log_id.index);
                             let _ = self.log.send(LogOp::SnapshotInstalled { meta, reset_log });
@@ -83,10 +94,18 @@ impl Applier {
 
     /// Applies entries; false if the node must stop.
     async fn apply(&mut self, entries: Vec<Entry>, waiters: Vec<(Index, Reply<Bytes>)>) -> bool {
-        let Some(last) = entries.last().map(|e| e.log_id.index) else {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return true;
         };
-        match self.handler.apply(&entries).await {
+        let span = tracing::debug_span!(
+            "apply",
+            node = self.node,
+            term = last.log_id.term,
+            first = first.log_id.index,
+            index = last.log_id.index
+        );
+        let last = last.log_id.index;
+        match self.handler.apply(&entries).instrument(span).await {
             Ok(results) => {
                 // Before any reply: a lease read after an acknowledged write sees it.
                 self.lease.set_applied(last);
@@ -123,9 +142,18 @@ impl Applier {
         let log = self.log.clone();
         let core = self.core.clone();
         let building = self.building.clone();
+        let metrics = self.metrics.clone();
+        let span = tracing::debug_span!("snapshot_build", node = self.node);
         tokio::spawn(async move {
-            match handler.build_snapshot().await {
+            let start = std::time::Instant::now();
+            match handler.build_snapshot().instrument(span).await {
                 Ok(Some(meta)) => {
+                    metrics
+                        .snapshot_build_duration
+                        .record(start.elapsed().as_secs_f64());
+                    if let Ok(r) = handler.snapshot_reader(&meta).await {
+                        metrics.snapshot_bytes.set(r.len() as f64);
+                    }
                     // `building` is cleared when the log store recorded it (core side).
                     let _ = log.send(LogOp::SnapshotBuilt(meta.clone()));
                     if let Some(r) = reply {

@@ -49,6 +49,8 @@ pub(crate) struct Core {
     pub(crate) fatal: Option<String>,
     /// Peers a snapshot is being sent to right now.
     pub(crate) snapshot_sends: Arc<Mutex<HashSet<NodeId>>>,
+    /// The node's metric handles.
+    pub(crate) metrics: Arc<super::metrics::NodeMetrics>,
 }
 
 /// A log store written on the core task, and the writes queued for it.
@@ -57,17 +59,20 @@ pub(crate) struct InlineLog {
     ops: Vec<LogOp>,
     /// Writes from the applier (snapshot records); taken by the run loop.
     from_applier: Option<mpsc::UnboundedReceiver<LogOp>>,
+    metrics: Arc<super::metrics::NodeMetrics>,
 }
 
 impl InlineLog {
     pub(crate) fn new(
         store: Box<dyn crate::storage::LogStore>,
         from_applier: mpsc::UnboundedReceiver<LogOp>,
+        metrics: Arc<super::metrics::NodeMetrics>,
     ) -> Self {
         Self {
             store,
             ops: Vec::new(),
             from_applier: Some(from_applier),
+            metrics,
         }
     }
 }
@@ -295,7 +300,12 @@ impl Core {
         if inline.ops.is_empty() || self.fatal.is_some() {
             return false;
         }
-        match super::log_writer::run_batch(inline.store.as_mut(), &mut inline.ops, &self.killed) {
+        match super::log_writer::run_batch(
+            inline.store.as_mut(),
+            &mut inline.ops,
+            &self.killed,
+            &inline.metrics,
+        ) {
             Ok((events, _stop)) => {
                 for e in events {
                     if matches!(e, Event::SnapshotBuilt(_)) {
@@ -386,20 +396,30 @@ impl Core {
             let handler = self.handler.clone();
             let transport = self.transport.clone();
             let me = self.me.clone();
-            tokio::spawn(async move {
-                let _running = running;
-                let sent = match handler.snapshot_reader(&meta).await {
-                    Ok(data) => transport
-                        .send_snapshot(msg, data)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-                if let Err(e) = sent {
-                    tracing::warn!(to, snapshot = %meta.last_log_id, error = %e, "snapshot send failed");
-                    let _ = me.send(Input::Event(Event::SnapshotSendFailed(to)));
-                }
-            });
+            let span = tracing::debug_span!(
+                "snapshot_send",
+                node = self.raft.id(),
+                to,
+                term = meta.last_log_id.term,
+                index = meta.last_log_id.index
+            );
+            tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    let _running = running;
+                    let sent = match handler.snapshot_reader(&meta).await {
+                        Ok(data) => transport
+                            .send_snapshot(msg, data)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if let Err(e) = sent {
+                        tracing::warn!(to, snapshot = %meta.last_log_id, error = %e, "snapshot send failed");
+                        let _ = me.send(Input::Event(Event::SnapshotSendFailed(to)));
+                    }
+                },
+                span,
+            ));
         } else {
             self.transport.send(msg);
         }
@@ -418,7 +438,23 @@ impl Core {
 
     fn publish(&self, force: bool) {
         let s = self.raft.status();
+        let m = &self.metrics;
+        m.term.set(s.term as f64);
+        m.is_leader.set(if s.role == crate::raft::Role::Leader {
+            1.0
+        } else {
+            0.0
+        });
+        m.commit.set(s.commit as f64);
+        m.applied.set(s.applied as f64);
+        m.pending.set(self.pending.len() as f64);
+        if force {
+            m.peer_matches(s.progress.iter().map(|(id, p)| (*id, p.matched)));
+        }
         self.status.send_if_modified(|cur| {
+            if cur.leader != s.leader && s.leader.is_some() {
+                m.leader_changes.increment(1);
+            }
             let changed = force
                 || cur.role != s.role
                 || cur.term != s.term

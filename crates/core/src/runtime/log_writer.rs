@@ -45,6 +45,7 @@ pub(crate) fn spawn(
     mut ops: mpsc::UnboundedReceiver<LogOp>,
     core: mpsc::UnboundedSender<Input>,
     killed: Arc<AtomicBool>,
+    metrics: Arc<super::metrics::NodeMetrics>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("lockstep-log-{id}"))
@@ -59,7 +60,7 @@ pub(crate) fn spawn(
                     // A simulated crash: whatever was not synced is lost.
                     return;
                 }
-                match run_batch(store.as_mut(), &mut batch, &killed) {
+                match run_batch(store.as_mut(), &mut batch, &killed, &metrics) {
                     Ok((events, stop)) => {
                         for e in events {
                             let _ = core.send(Input::Event(e));
@@ -83,8 +84,10 @@ pub(crate) fn run_batch(
     store: &mut dyn LogStore,
     batch: &mut Vec<LogOp>,
     killed: &AtomicBool,
+    metrics: &super::metrics::NodeMetrics,
 ) -> Result<(Vec<Event>, bool), crate::error::StorageError> {
     let mut hs = None;
+    let mut entries_written = 0usize;
     let mut write = None;
     let mut snaps = Vec::new();
     let mut stop = false;
@@ -100,6 +103,7 @@ pub(crate) fn run_batch(
             }
             LogOp::Append { entries, write: w } => {
                 store.append(&entries)?;
+                entries_written += entries.len();
                 write = Some((w, store.bounds().1));
             }
             LogOp::Purge(up_to) => store.purge(up_to)?,
@@ -130,7 +134,20 @@ pub(crate) fn run_batch(
     if killed.load(Ordering::Acquire) {
         return Ok((Vec::new(), true));
     }
+    let _span = tracing::debug_span!(
+        "log_sync",
+        node = metrics.node_id(),
+        entries = entries_written,
+        index = store.bounds().1.index,
+        term = store.bounds().1.term
+    )
+    .entered();
+    let synced = std::time::Instant::now();
     store.sync()?;
+    metrics
+        .log_sync_duration
+        .record(synced.elapsed().as_secs_f64());
+    metrics.log_sync_entries.record(entries_written as f64);
     let mut events = Vec::with_capacity(2 + snaps.len());
     if let Some(h) = hs {
         events.push(Event::HardStateSaved(h));
@@ -244,7 +261,13 @@ mod tests {
                 meta: meta.clone(),
                 reset_log,
             }];
-            let (events, _) = run_batch(&mut store, &mut batch, &AtomicBool::new(false)).unwrap();
+            let (events, _) = run_batch(
+                &mut store,
+                &mut batch,
+                &AtomicBool::new(false),
+                &crate::runtime::metrics::NodeMetrics::new(1),
+            )
+            .unwrap();
             assert!(matches!(events.as_slice(), [Event::SnapshotInstalled(m)] if *m == meta));
             assert!(!store.crashes.is_empty());
             for crashed in &store.crashes {

@@ -19,6 +19,7 @@ mod core;
 mod input;
 mod lease;
 mod log_writer;
+pub mod metrics;
 mod recovery;
 mod status;
 
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
 
 use self::input::Input;
 use crate::config::RaftConfig;
@@ -277,6 +279,7 @@ pub struct Node {
     log: mpsc::UnboundedSender<log_writer::LogOp>,
     log_thread: LogThread,
     lease: Arc<lease::LeaseCell>,
+    metrics: Arc<metrics::NodeMetrics>,
 }
 
 /// The log writer thread, joined by whoever stops the node.
@@ -328,12 +331,27 @@ impl Node {
         let (log_tx, log_rx) = mpsc::unbounded_channel();
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
         let killed = Arc::new(AtomicBool::new(false));
+        let node_metrics = Arc::new(metrics::NodeMetrics::new(id));
         // A store that never blocks is written on the core task; others get a writer thread.
         let (inline, log_thread) = if log_store.never_blocks() {
-            (Some(core::InlineLog::new(log_store, log_rx)), None)
+            (
+                Some(core::InlineLog::new(
+                    log_store,
+                    log_rx,
+                    node_metrics.clone(),
+                )),
+                None,
+            )
         } else {
-            let t = log_writer::spawn(id, log_store, log_rx, tx.clone(), killed.clone())
-                .map_err(StartError::Thread)?;
+            let t = log_writer::spawn(
+                id,
+                log_store,
+                log_rx,
+                tx.clone(),
+                killed.clone(),
+                node_metrics.clone(),
+            )
+            .map_err(StartError::Thread)?;
             (None, Some(t))
         };
         let log_thread: LogThread = Arc::new(Mutex::new(log_thread));
@@ -349,6 +367,8 @@ impl Node {
             core: tx.clone(),
             log: log_tx.clone(),
             building: building.clone(),
+            metrics: node_metrics.clone(),
+            node: id,
         };
         let core = core::Core {
             raft,
@@ -371,6 +391,7 @@ impl Node {
             killed: killed.clone(),
             fatal: None,
             snapshot_sends: Default::default(),
+            metrics: node_metrics.clone(),
         };
         let tasks = vec![tokio::spawn(applier.run()), tokio::spawn(core.run())];
         Ok(Node {
@@ -384,6 +405,7 @@ impl Node {
             log: log_tx,
             log_thread,
             lease,
+            metrics: node_metrics,
         })
     }
 
@@ -438,13 +460,39 @@ impl Node {
     /// (durable on a majority) and applied here. On a follower this fails with
     /// `NotLeader` and the leader's id, if known.
     pub async fn propose(&self, command: impl Into<Bytes>) -> Result<Bytes, NodeError> {
-        let data = self.checked(command.into())?;
-        self.request(|reply| Input::Propose {
-            session: None,
-            data,
-            reply,
-        })
-        .await
+        self.propose_inner(None, command.into()).await
+    }
+
+    async fn propose_inner(
+        &self,
+        session: Option<ClientSession>,
+        command: Bytes,
+    ) -> Result<Bytes, NodeError> {
+        let start = std::time::Instant::now();
+        let span =
+            tracing::debug_span!("propose", node = self.id, term = self.status.borrow().term);
+        let r = match self.checked(command) {
+            Ok(data) => {
+                self.request(|reply| Input::Propose {
+                    session,
+                    data,
+                    reply,
+                })
+                .instrument(span)
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        let outcome = match &r {
+            Ok(_) => metrics::ProposalOutcome::Ok,
+            Err(NodeError::Client(crate::event::ClientError::NotLeader { .. })) => {
+                metrics::ProposalOutcome::NotLeader
+            }
+            Err(NodeError::Rejected(_)) => metrics::ProposalOutcome::Rejected,
+            Err(_) => metrics::ProposalOutcome::Error,
+        };
+        self.metrics.proposal(outcome, start.elapsed());
+        r
     }
 
     /// As [`Node::propose`], with a client session: retrying with the same session after an
@@ -454,13 +502,7 @@ impl Node {
         session: ClientSession,
         command: impl Into<Bytes>,
     ) -> Result<Bytes, NodeError> {
-        let data = self.checked(command.into())?;
-        self.request(|reply| Input::Propose {
-            session: Some(session),
-            data,
-            reply,
-        })
-        .await
+        self.propose_inner(Some(session), command.into()).await
     }
 
     /// Runs a read-only query at the given consistency level.
@@ -469,7 +511,22 @@ impl Node {
         query: impl Into<Bytes>,
         level: ReadLevel,
     ) -> Result<Bytes, NodeError> {
-        let query = self.checked(query.into())?;
+        let start = std::time::Instant::now();
+        let span = tracing::debug_span!("read", node = self.id, level = ?level);
+        let r = self.read_inner(query.into(), level).instrument(span).await;
+        if r.is_ok() {
+            let i = match level {
+                ReadLevel::Linearizable => 0,
+                ReadLevel::Lease => 1,
+                ReadLevel::Eventual => 2,
+            };
+            self.metrics.read(i, start.elapsed());
+        }
+        r
+    }
+
+    async fn read_inner(&self, query: Bytes, level: ReadLevel) -> Result<Bytes, NodeError> {
+        let query = self.checked(query)?;
         if self.handler.queries_through_log() {
             // No read-only path: a query is a command, applied on every replica alike.
             return self.propose(query).await;
@@ -518,6 +575,18 @@ impl Node {
     /// Adds a non-voting learner that receives the log.
     pub async fn add_learner(&self, id: NodeId) -> Result<MembershipConfig, NodeError> {
         self.change_membership(MembershipChange::AddLearner(id))
+            .await
+    }
+
+    /// Adds node `id` as a learner reached at `addr`, and records the address in the
+    /// replicated configuration: every member, and every node that restarts later, learns
+    /// where `id` is from the log.
+    pub async fn add_learner_at(
+        &self,
+        id: NodeId,
+        addr: impl Into<String>,
+    ) -> Result<MembershipConfig, NodeError> {
+        self.change_membership(MembershipChange::AddLearnerAt(id, addr.into()))
             .await
     }
 

@@ -668,6 +668,7 @@ fn snapshot_meta_persists<B: LogStoreBuilder>(b: &B, dir: &Path) -> Check {
             voters: [1, 2, 4].into(),
             outgoing: [1, 2, 3].into(),
             learners: [9].into(),
+            addrs: Default::default(),
         },
     };
     ok(s.save_snapshot_meta(&m2), "save snapshot meta")?;

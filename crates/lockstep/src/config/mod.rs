@@ -267,6 +267,26 @@ pub struct Config {
     /// TLS; absent means plain-text connections.
     #[serde(default)]
     pub tls: Option<TlsSection>,
+    /// The HTTP endpoint of metrics and health checks; absent means none.
+    #[serde(default)]
+    pub metrics: Option<MetricsSection>,
+}
+
+/// The HTTP endpoint for operators (feature `grpc`): `GET /metrics` (Prometheus text),
+/// `/health` (200 while the node runs, 503 with the reason once it stopped) and `/ready`
+/// (200 when a leader is known and applied is within `ready_max_lag` of commit).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Address to serve on, e.g. `127.0.0.1:9100`.
+    pub listen: String,
+    /// Entries the state machine may trail the commit index by and still be ready.
+    #[serde(default = "default_ready_max_lag")]
+    pub ready_max_lag: u64,
+}
+
+fn default_ready_max_lag() -> u64 {
+    1000
 }
 
 /// The values a TOML file with only `node_id = 1` gives, except `data_dir`, which is
@@ -332,6 +352,8 @@ const ENV_KEYS: &[&str] = &[
     "snapshot.every_bytes",
     "snapshot.every_seconds",
     "snapshot.keep",
+    "metrics.listen",
+    "metrics.ready_max_lag",
 ];
 
 /// Keys whose environment value is always taken as a plain string.
@@ -343,6 +365,7 @@ const STRING_KEYS: &[&str] = &[
     "tls.cert",
     "tls.key",
     "tls.ca",
+    "metrics.listen",
 ];
 
 /// The environment variable that overrides `key`.
@@ -365,6 +388,7 @@ impl Config {
             runtime: RuntimeSection::default(),
             snapshot: SnapshotSection::default(),
             tls: None,
+            metrics: None,
         }
     }
 
@@ -443,6 +467,15 @@ impl Config {
                 format!("{:?}", self.cluster_id),
                 "1 to 128 characters",
             ));
+        }
+        if let Some(m) = &self.metrics {
+            if m.listen.parse::<SocketAddr>().is_err() {
+                return Err(invalid(
+                    "metrics.listen",
+                    &m.listen,
+                    "an IP address and port, e.g. 127.0.0.1:9100",
+                ));
+            }
         }
         if self.listen.parse::<SocketAddr>().is_err() {
             return Err(invalid(
