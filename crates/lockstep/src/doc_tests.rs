@@ -60,3 +60,7 @@ pub struct InternalsProtocol;
 /// docs/testing.md
 #[doc = include_str!("../../../docs/testing.md")]
 pub struct Testing;
+
+/// docs/security.md
+#[doc = include_str!("../../../docs/security.md")]
+pub struct Security;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use lockstep_transport_grpc::{GrpcConfig, GrpcTransport, TlsConfig};
+use lockstep_transport_grpc::{GrpcConfig, GrpcTransport, PeerSecret, TlsConfig};
 
 use crate::builder::BuildError;
 use crate::config::Config;
@@ -31,6 +31,18 @@ pub fn grpc_config(c: &Config) -> Result<GrpcConfig, BuildError> {
         let tls = TlsConfig::from_files(&t.cert, &t.key, &t.ca, t.require_client_cert)
             .map_err(|e| BuildError::Transport(format!("loading TLS files: {e}")))?;
         g.tls = Some(tls);
+    }
+    if let Some(path) = &c.peer_secret_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            BuildError::Transport(format!("reading peer_secret_file {}: {e}", path.display()))
+        })?;
+        let secret =
+            PeerSecret::new(text.trim()).map_err(|e| crate::config::ConfigError::Invalid {
+                key: "peer_secret_file".into(),
+                value: path.display().to_string(),
+                expected: format!("a file holding {}", e.expected),
+            })?;
+        g.peer_secret = Some(secret);
     }
     g.validate()
         .map_err(|e| crate::config::ConfigError::Invalid {

@@ -244,3 +244,31 @@ fn the_client_speaks_tls_from_the_config_or_from_flags() {
         Some(2)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_a_peer_secret_file_works_and_one_without_warns_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("peer.secret");
+    std::fs::write(&secret, "a-long-enough-shared-secret\n").unwrap();
+    let extra = format!("peer_secret_file = \"{}\"\n", secret.display());
+    let cluster = ProcessCluster::start(BIN, 3, "file", &extra).unwrap();
+    let c = cluster.client().await.unwrap();
+    c.put("k", "v").await.unwrap();
+    assert_eq!(c.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    let log = std::fs::read_to_string(cluster.log_path(1)).unwrap();
+    assert!(!log.contains("UNAUTHENTICATED"), "{log}");
+
+    let plain = ProcessCluster::start(BIN, 1, "file", "").unwrap();
+    plain.client().await.unwrap();
+    let log = std::fs::read_to_string(plain.log_path(1)).unwrap();
+    assert!(log.contains("peer traffic is UNAUTHENTICATED"), "{log}");
+
+    // A secret file that is too short is a config error naming the key.
+    std::fs::write(&secret, "short").unwrap();
+    let o = lockstep(&["node", "--config", cluster.config_path(1).to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("peer_secret_file"),
+        "{o:?}"
+    );
+}

@@ -140,6 +140,53 @@ pub struct GrpcConfig {
     pub max_watch_streams: usize,
     /// TLS (and mutual TLS); plain text if `None`.
     pub tls: Option<TlsConfig>,
+    /// A secret every peer presents on every peer call (compared in constant time); calls
+    /// without it are refused with `PERMISSION_DENIED`. For clusters without mutual TLS.
+    pub peer_secret: Option<PeerSecret>,
+}
+
+/// The cluster's shared peer secret (never printed).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PeerSecret(String);
+
+impl PeerSecret {
+    /// The metadata key peers send the secret under.
+    pub const HEADER: &'static str = "lockstep-peer-secret";
+
+    /// A secret; at least 16 characters of visible ASCII (it travels in a gRPC header).
+    pub fn new(secret: impl Into<String>) -> Result<Self, ConfigError> {
+        let s = secret.into();
+        if s.len() < 16 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::new(
+                "peer_secret",
+                format!("<{} characters>", s.len()),
+                "at least 16 visible ASCII characters (no spaces)",
+            ));
+        }
+        Ok(Self(s))
+    }
+
+    /// The secret.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `presented` is the secret, in time independent of where they differ.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let mine = self.0.as_bytes();
+        let mut diff =
+            (mine.len() ^ presented.len()) as u8 | u8::from(mine.len() != presented.len());
+        for (i, b) in mine.iter().enumerate() {
+            diff |= b ^ presented.get(i).copied().unwrap_or(0);
+        }
+        diff == 0
+    }
+}
+
+impl std::fmt::Debug for PeerSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerSecret(<redacted>)")
+    }
 }
 
 impl GrpcConfig {
@@ -163,6 +210,7 @@ impl GrpcConfig {
             reconnect_backoff_max: Duration::from_secs(2),
             max_watch_streams: 1024,
             tls: None,
+            peer_secret: None,
         }
     }
 

@@ -116,7 +116,7 @@ pub mod proto {
 }
 
 pub use client::{CasOutcome, Client, ClientConfig, ClientError, ClientTls, RemoteStatus};
-pub use config::{ConfigError, GrpcConfig, TlsConfig};
+pub use config::{ConfigError, GrpcConfig, PeerSecret, TlsConfig};
 pub use error::GrpcError;
 pub use server::{GrpcServer, ServerHandle};
 pub use transport::{GrpcTransport, PeerUpdate};

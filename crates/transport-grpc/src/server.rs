@@ -159,7 +159,18 @@ impl GrpcServer {
             closing: closing_rx,
             watch_slots: Arc::new(tokio::sync::Semaphore::new(config.max_watch_streams)),
             max_watch_streams: config.max_watch_streams,
+            peer_secret: config.peer_secret.clone(),
+            status: node.watch_status(),
         });
+        let client_certs = config.tls.as_ref().is_some_and(|t| t.require_client_cert);
+        if config.peer_secret.is_none() && !client_certs {
+            tracing::warn!(
+                node = config.node_id,
+                "peer traffic is UNAUTHENTICATED: anyone who reaches {} can speak for a member; \
+                 set a peer secret or mutual TLS (see docs/security.md)",
+                local_addr
+            );
+        }
         let peer = PeerServer::new(PeerService {
             shared: shared.clone(),
             inbox: node.inbox(),
@@ -233,6 +244,10 @@ impl GrpcServer {
 
 /// What both services share.
 struct Shared {
+    /// The secret every peer call must carry, if the cluster has one.
+    peer_secret: Option<crate::config::PeerSecret>,
+    /// The node's status (its membership decides who may register addresses).
+    status: tokio::sync::watch::Receiver<lockstep_core::runtime::NodeStatus>,
     cluster_id: String,
     node_id: NodeId,
     transport: Arc<GrpcTransport>,
@@ -294,6 +309,25 @@ impl Shared {
             )));
         }
         Ok(())
+    }
+
+    /// Refuses a peer call without the cluster's secret (when it has one).
+    fn check_secret(&self, meta: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        let Some(secret) = &self.peer_secret else {
+            return Ok(());
+        };
+        match meta.get(crate::config::PeerSecret::HEADER) {
+            Some(v) if secret.matches(v.as_bytes()) => Ok(()),
+            Some(_) => Err(Status::permission_denied(format!(
+                "peer call refused by node {}: wrong peer secret",
+                self.node_id
+            ))),
+            None => Err(Status::permission_denied(format!(
+                "peer call refused by node {}: no peer secret presented (header `{}`)",
+                self.node_id,
+                crate::config::PeerSecret::HEADER
+            ))),
+        }
     }
 
     fn check_client(&self, h: Option<&cpb::RequestHeader>) -> Result<(), Status> {
@@ -372,6 +406,26 @@ impl PeerService {
                 "malformed request: invalid `addr` {:?}: expected {detail}",
                 req.addr
             )));
+        }
+        // Only a member may announce an address, and only for a node this one does not
+        // know yet: a known address changes only through this node's own configuration.
+        if !self.shared.status.borrow().membership.contains(h.from) {
+            return Err(Status::permission_denied(format!(
+                "RegisterPeer refused by node {}: node {} is not a member of the configuration",
+                self.shared.node_id, h.from
+            )));
+        }
+        let known = (req.id != self.shared.node_id)
+            .then(|| self.shared.transport.peer_addr(req.id))
+            .flatten();
+        if let Some(known) = known {
+            if known != req.addr {
+                return Err(Status::permission_denied(format!(
+                    "RegisterPeer refused by node {}: node {} is known at {known}; an address \
+                     never moves by announcement",
+                    self.shared.node_id, req.id
+                )));
+            }
         }
         let update = self
             .shared
@@ -488,6 +542,9 @@ impl Peer for PeerService {
         &self,
         request: Request<Streaming<pb::PeerEnvelope>>,
     ) -> Result<Response<pb::StreamAck>, Status> {
+        if let Err(st) = self.shared.check_secret(request.metadata()) {
+            return Err(refused(self.shared.node_id, "messages", st));
+        }
         match self.messages_inner(request.into_inner()).await {
             Ok(received) => Ok(Response::new(pb::StreamAck { received })),
             Err(st) if st.code() == tonic::Code::Unavailable => Err(st),
@@ -499,6 +556,9 @@ impl Peer for PeerService {
         &self,
         request: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::SnapshotAck>, Status> {
+        if let Err(st) = self.shared.check_secret(request.metadata()) {
+            return Err(refused(self.shared.node_id, "snapshot", st));
+        }
         match self.snapshot_inner(request.into_inner()).await {
             Ok(received) => Ok(Response::new(pb::SnapshotAck { received })),
             Err(st) => Err(refused(self.shared.node_id, "snapshot", st)),
@@ -509,6 +569,9 @@ impl Peer for PeerService {
         &self,
         request: Request<pb::RegisterPeerRequest>,
     ) -> Result<Response<pb::RegisterPeerResponse>, Status> {
+        if let Err(st) = self.shared.check_secret(request.metadata()) {
+            return Err(refused(self.shared.node_id, "registration", st));
+        }
         match self.register_inner(request.into_inner()) {
             Ok(r) => Ok(Response::new(r)),
             Err(st) => Err(refused(self.shared.node_id, "registration", st)),
@@ -649,7 +712,12 @@ impl ClientApi for ClientService {
                         l.addr
                     )));
                 }
-                if l.id == self.shared.node_id {
+                if !self.node.is_leader() {
+                    // Refused before the address book is touched: only the leader adds
+                    // members (and their addresses, through the configuration).
+                    let leader = self.node.status().leader;
+                    Err(NodeError::Client(CoreClientError::NotLeader { leader }))
+                } else if l.id == self.shared.node_id {
                     self.node.add_learner(l.id).await
                 } else {
                     match self.shared.transport.add_new_peer(l.id, l.addr.clone()) {

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::config::{endpoint_uri, GrpcConfig, TlsConfig};
+use crate::config::{endpoint_uri, GrpcConfig, PeerSecret, TlsConfig};
 use crate::convert::{header, message_to_envelope, snapshot_meta_to_proto};
 use crate::error::GrpcError;
 use crate::proto::peer as pb;
@@ -250,6 +250,7 @@ impl GrpcTransport {
             backoff_max: self.inner.cfg.reconnect_backoff_max,
             queue_len: self.inner.cfg.peer_queue_len,
             dropped: self.inner.dropped.clone(),
+            secret: self.inner.cfg.peer_secret.clone(),
         };
         let task = self.inner.runtime.spawn(link.run(rx));
         match &update {
@@ -306,6 +307,7 @@ impl GrpcTransport {
         let mut tasks = tokio::task::JoinSet::new();
         for (to, channel) in targets {
             let call = Registration {
+                secret: self.inner.cfg.peer_secret.clone(),
                 from: self.node_id(),
                 to,
                 cluster_id: self.inner.cfg.cluster_id.clone(),
@@ -562,6 +564,7 @@ impl Transport for GrpcTransport {
         ));
         let mut req = tonic::Request::new(ReceiverStream::new(rx));
         req.set_timeout(timeout);
+        with_secret(&mut req, self.inner.cfg.peer_secret.as_ref());
         let started = Instant::now();
         let res = tokio::time::timeout(timeout, client.install_snapshot(req)).await;
         // The call is over, so the queue's receiver is gone and the pump ends at once.
@@ -600,6 +603,7 @@ impl Transport for GrpcTransport {
 
 /// One `RegisterPeer` call to one peer, with its retries.
 struct Registration {
+    secret: Option<PeerSecret>,
     from: NodeId,
     to: NodeId,
     cluster_id: String,
@@ -638,6 +642,7 @@ impl Registration {
                 addr: self.addr.clone(),
             });
             req.set_timeout(self.timeout);
+            with_secret(&mut req, self.secret.as_ref());
             let st = match tokio::time::timeout(self.timeout, client.register_peer(req)).await {
                 Ok(Ok(resp)) => return Ok(resp.into_inner().changed),
                 Ok(Err(st)) => st,
@@ -669,6 +674,7 @@ struct Link {
     backoff_max: Duration,
     queue_len: usize,
     dropped: Arc<AtomicU64>,
+    secret: Option<PeerSecret>,
 }
 
 impl Link {
@@ -720,7 +726,9 @@ impl Link {
             .max_encoding_message_size(self.max_message_bytes)
             .max_decoding_message_size(self.max_message_bytes);
         let (tx, rx) = mpsc::channel(self.queue_len);
-        let call = client.messages(ReceiverStream::new(rx));
+        let mut req = tonic::Request::new(ReceiverStream::new(rx));
+        with_secret(&mut req, self.secret.as_ref());
+        let call = client.messages(req);
         tokio::pin!(call);
         let end = loop {
             tokio::select! {
@@ -756,5 +764,14 @@ impl Link {
             },
         }
         true
+    }
+}
+
+/// Adds the cluster's peer secret, if it has one, to a peer call.
+fn with_secret<T>(req: &mut tonic::Request<T>, secret: Option<&PeerSecret>) {
+    if let Some(s) = secret {
+        if let Ok(v) = s.expose().parse() {
+            req.metadata_mut().insert(PeerSecret::HEADER, v);
+        }
     }
 }

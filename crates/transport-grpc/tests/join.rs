@@ -253,7 +253,14 @@ async fn register_peer_is_checked_like_every_peer_request() {
         "no refused registration changed the book"
     );
 
-    // A known member adds a node, then moves it; the same registration again changes nothing.
+    // Node 2 is in the address book but not a member: it may not announce anyone.
+    let r = call(&n, register(CLUSTER, 2, 1, v, 7, "127.0.0.1:7007")).await;
+    assert_status(r, Code::PermissionDenied, "node 2 is not a member");
+    assert_eq!(n.transport.peers(), book);
+
+    // Once a member, it adds a node; the same registration again changes nothing, and an
+    // announcement never moves a known address.
+    n.node.add_learner(2).await.unwrap();
     let r = call(&n, register(CLUSTER, 2, 1, v, 7, "127.0.0.1:7007")).await;
     assert_eq!(
         r.expect("accepted"),
@@ -266,11 +273,11 @@ async fn register_peer_is_checked_like_every_peer_request() {
     let r = call(&n, register(CLUSTER, 2, 1, v, 7, "127.0.0.1:7007")).await;
     assert!(!r.expect("accepted").changed);
     let r = call(&n, register(CLUSTER, 2, 1, v, 7, "127.0.0.1:7008")).await;
-    assert_eq!(r.expect("accepted").previous_addr, "127.0.0.1:7007");
-    assert_eq!(n.transport.peer_addr(7).as_deref(), Some("127.0.0.1:7008"));
-    // The node learned through the registration is a known sender now.
+    assert_status(r, Code::PermissionDenied, "never moves by announcement");
+    assert_eq!(n.transport.peer_addr(7).as_deref(), Some("127.0.0.1:7007"));
+    // Node 7 is known now but not a member: it cannot announce either.
     let r = call(&n, register(CLUSTER, 7, 1, v, 8, "127.0.0.1:7009")).await;
-    assert!(r.expect("accepted from the registered node").changed);
+    assert_status(r, Code::PermissionDenied, "node 7 is not a member");
     // Registering the receiver itself is a no-op.
     let r = call(&n, register(CLUSTER, 2, 1, v, 1, "127.0.0.1:7010")).await;
     assert!(!r.expect("accepted").changed);

@@ -270,6 +270,11 @@ pub struct Config {
     /// The HTTP endpoint of metrics and health checks; absent means none.
     #[serde(default)]
     pub metrics: Option<MetricsSection>,
+    /// A file holding the cluster's shared peer secret (the same on every node, at least
+    /// 16 visible ASCII characters): peer calls without it are refused. For clusters
+    /// without mutual TLS; see docs/security.md.
+    #[serde(default)]
+    pub peer_secret_file: Option<PathBuf>,
 }
 
 /// The HTTP endpoint for operators (feature `grpc`): `GET /metrics` (Prometheus text),
@@ -354,6 +359,7 @@ const ENV_KEYS: &[&str] = &[
     "snapshot.keep",
     "metrics.listen",
     "metrics.ready_max_lag",
+    "peer_secret_file",
 ];
 
 /// Keys whose environment value is always taken as a plain string.
@@ -366,6 +372,7 @@ const STRING_KEYS: &[&str] = &[
     "tls.key",
     "tls.ca",
     "metrics.listen",
+    "peer_secret_file",
 ];
 
 /// The environment variable that overrides `key`.
@@ -389,6 +396,7 @@ impl Config {
             snapshot: SnapshotSection::default(),
             tls: None,
             metrics: None,
+            peer_secret_file: None,
         }
     }
 
