@@ -151,6 +151,19 @@ enum EndpointCommand {
     },
 }
 
+/// For binaries: installs a log subscriber writing to stderr, filtered by `RUST_LOG`
+/// (default `info`). The library never calls it; a node binary's `main` does, before
+/// [`run`], and an application embedding lockstep installs whatever subscriber it likes.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+}
+
 /// Runs the command line given in the process arguments and turns its outcome into the
 /// exit code: the whole body of a node binary's `main`.
 pub async fn run() -> ExitCode {

@@ -4,12 +4,6 @@
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     // Logs go to stderr; RUST_LOG=debug shows more.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    lockstep::cli::init_logging();
     lockstep::cli::run().await
 }
