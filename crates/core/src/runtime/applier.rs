@@ -44,6 +44,8 @@ pub(crate) struct Applier {
     pub(crate) metrics: Arc<super::metrics::NodeMetrics>,
     /// This node, for the spans.
     pub(crate) node: crate::types::NodeId,
+    /// The node's tasks: snapshot builds are registered here, so a crash stops them.
+    pub(crate) tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Applier {
@@ -144,7 +146,7 @@ impl Applier {
         let building = self.building.clone();
         let metrics = self.metrics.clone();
         let span = tracing::debug_span!("snapshot_build", node = self.node);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let start = std::time::Instant::now();
             match handler.build_snapshot().instrument(span).await {
                 Ok(Some(meta)) => {
@@ -175,5 +177,9 @@ impl Applier {
                 }
             }
         });
+        if let Ok(mut t) = self.tasks.lock() {
+            t.retain(|t| !t.is_finished());
+            t.push(task);
+        }
     }
 }

@@ -332,6 +332,9 @@ impl Node {
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
         let killed = Arc::new(AtomicBool::new(false));
         let node_metrics = Arc::new(metrics::NodeMetrics::new(id));
+        // Every task of the node, snapshot builds included: a crash aborts and awaits them
+        // all, so nothing of this incarnation touches its data after `crash` returns.
+        let tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
         // A store that never blocks is written on the core task; others get a writer thread.
         let (inline, log_thread) = if log_store.never_blocks() {
             (
@@ -369,6 +372,7 @@ impl Node {
             building: building.clone(),
             metrics: node_metrics.clone(),
             node: id,
+            tasks: tasks.clone(),
         };
         let core = core::Core {
             raft,
@@ -393,7 +397,12 @@ impl Node {
             snapshot_sends: Default::default(),
             metrics: node_metrics.clone(),
         };
-        let tasks = vec![tokio::spawn(applier.run()), tokio::spawn(core.run())];
+        let applier_task = tokio::spawn(applier.run());
+        let core_task = tokio::spawn(core.run());
+        if let Ok(mut t) = tasks.lock() {
+            t.push(applier_task);
+            t.push(core_task);
+        }
         Ok(Node {
             id,
             tx,
@@ -401,7 +410,7 @@ impl Node {
             handler,
             cfg: runtime,
             killed,
-            tasks: Arc::new(Mutex::new(tasks)),
+            tasks,
             log: log_tx,
             log_thread,
             lease,
