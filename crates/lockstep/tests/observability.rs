@@ -74,6 +74,14 @@ async fn metrics_health_and_readiness_over_http_follow_the_cluster() {
 
     let (code, body) = get(&leader_http, "/metrics").expect("the endpoint answers");
     assert_eq!(code, 200);
+    // Per-peer gauges are refreshed with the periodic status (every 10 ticks): poll.
+    let mut body = body;
+    wait_for("every metric name on /metrics", || {
+        if let Some((_, b)) = get(&leader_http, "/metrics") {
+            body = b;
+        }
+        METRIC_NAMES.iter().all(|n| body.contains(n))
+    });
     for name in METRIC_NAMES {
         assert!(body.contains(name), "{name} missing from /metrics:\n{body}");
     }
