@@ -8,6 +8,8 @@
 //!   docs/testing.md); ARGS go to `lockstep-chaos run` (`--backend`, `--seconds`, `--seed`,
 //!   `--clients`, `--keys`, `--faults`, `--plant`, `--dir`).
 //! - `sim [ARGS]`: runs the deterministic simulator (release); `--seed N` replays one seed.
+//! - `fuzz [--seconds N] [--target NAME] [--seed S]`: the fuzz targets of `crates/fuzz`
+//!   (corpus replay, then N seconds of mutants per target); `test` runs 5 s per target.
 //! - `bench [--quick] [ARGS]`: builds and runs the cluster benchmark (release); ARGS go to
 //!   `cluster-bench` (see docs/performance.md). `bench criterion [ARGS]` runs the criterion
 //!   micro-benchmarks instead.
@@ -16,6 +18,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+
+mod docs;
 
 /// Debian packages the workspace needs to build and test.
 /// (The core and the simulator need none; storage backends add theirs here.)
@@ -38,8 +42,10 @@ fn main() -> Result<()> {
         "bench" => bench(&rest),
         "cluster" => cluster(&rest),
         "chaos" => chaos(&rest),
+        "fuzz" => fuzz(&rest),
+        "docs" => docs_check(),
         _ => {
-            eprintln!("usage: cargo xtask <setup|test|sim|chaos|bench|cluster> [args]\n\n  setup    install missing system packages and tools\n  test     run every check CI runs\n  sim      run the simulator: --seeds N | --seed N | --bug NAME (see crates/core/examples/sim.rs)\n  chaos    kill, pause, partition and reconfigure a real cluster under load, then check the\n           history: [--backend file|sled|rocksdb] [--seconds N] [--seed S] [--plant NAME]\n  bench    run the cluster benchmark: [--quick] [cluster-bench args] | criterion [args]\n  cluster  start | stop | status a local 3-node cluster of real processes (ports 7001-7003)");
+            eprintln!("usage: cargo xtask <setup|test|sim|chaos|fuzz|bench|cluster|docs> [args]\n\n  setup    install missing system packages and tools\n  test     run every check CI runs\n  docs     check every shell command in README.md and docs/, run the cheap ones\n  sim      run the simulator: --seeds N | --seed N | --bug NAME (see crates/core/examples/sim.rs)\n  chaos    kill, pause, partition and reconfigure a real cluster under load, then check the\n           history: [--backend file|sled|rocksdb] [--seconds N] [--seed S] [--plant NAME]\n  fuzz     fuzz the decoders (WAL, recovery, codec, snapshot envelope, gRPC conversions):\n           [--seconds N per target, default 5] [--target NAME] [--seed S] (see docs/testing.md)\n  bench    run the cluster benchmark: [--quick] [cluster-bench args] | criterion [args]\n  cluster  start | stop | status a local 3-node cluster of real processes (ports 7001-7003)");
             if cmd == "help" || cmd == "--help" {
                 Ok(())
             } else {
@@ -126,6 +132,8 @@ fn test() -> Result<()> {
     examples()?;
     let seeds = TEST_SEEDS.to_string();
     sim(&["--seeds".into(), seeds])?;
+    fuzz(&["--seconds".into(), "5".into()])?;
+    docs_check()?;
     // In the release profile, as `bench` builds the cluster benchmark next: RocksDB's C++
     // is compiled once for both, not once more for a dev build of the benches.
     run(
@@ -323,6 +331,38 @@ fn chaos(args: &[String]) -> Result<()> {
     let mut a = vec!["run"];
     a.extend(args.iter().map(String::as_str));
     run(&bin.to_string_lossy(), &a)
+}
+
+/// `cargo xtask docs`: every shell command in README.md and docs/ is checked, the cheap
+/// ones run (see `docs.rs`). The local cluster the walkthrough starts is always stopped.
+fn docs_check() -> Result<()> {
+    run(
+        &cargo(),
+        &["build", "--quiet", "-p", "lockstep", "--bin", "lockstep"],
+    )?;
+    let root = std::env::current_dir()?;
+    let r = docs::check(&root);
+    let _ = cluster(&["stop".into()]);
+    r
+}
+
+/// `cargo xtask fuzz [--seconds N] [--target NAME] [--seed S]`: the fuzz targets of
+/// `crates/fuzz`, each for N seconds after replaying its corpus (test profile, as nextest
+/// builds it: no RocksDB, no extra profile).
+fn fuzz(args: &[String]) -> Result<()> {
+    let mut a = vec![
+        "run",
+        "--profile",
+        "test",
+        "--quiet",
+        "-p",
+        "lockstep-fuzz",
+        "--bin",
+        "lockstep-fuzz",
+        "--",
+    ];
+    a.extend(args.iter().map(String::as_str));
+    run(&cargo(), &a)
 }
 
 fn sim(args: &[String]) -> Result<()> {

@@ -157,8 +157,9 @@ pub fn get_membership(r: &mut Reader<'_>) -> Result<MembershipConfig, CodecError
     })
 }
 
-/// Longest address accepted when decoding.
-const MAX_ADDR_BYTES: usize = 1024;
+/// Longest address accepted when decoding (so also the longest one a node may accept to
+/// store).
+pub const MAX_ADDR_BYTES: usize = 1024;
 
 /// Appends the members' addresses.
 pub fn put_addrs(out: &mut impl BufMut, addrs: &BTreeMap<NodeId, String>) {
@@ -200,6 +201,9 @@ fn addrs_len(addrs: &BTreeMap<NodeId, String>) -> usize {
 
 /// Bit 63 of a snapshot's term: its membership's addresses follow.
 const META_HAS_ADDRS: u64 = 1 << 63;
+
+/// Largest term [`put_snapshot_meta`] can store (bit 63 is the addresses flag).
+pub const MAX_SNAPSHOT_TERM: u64 = META_HAS_ADDRS - 1;
 
 /// Appends snapshot metadata.
 pub fn put_snapshot_meta(out: &mut impl BufMut, m: &SnapshotMeta) {

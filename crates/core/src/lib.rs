@@ -11,6 +11,9 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod event;
+#[cfg(not(test))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handler;
 pub mod membership;
 pub mod message;
@@ -18,6 +21,7 @@ pub mod raft;
 pub mod rng;
 pub mod runtime;
 pub mod session;
+pub mod session_pool;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;
@@ -38,7 +42,7 @@ pub use message::{AppendResult, Message, MessageBody};
 pub use raft::progress::{Progress, ReplicationState};
 pub use raft::{InitError, InitialState, Raft, Role, Status};
 pub use rng::Rng;
-pub use session::{SessionCheck, SessionTable};
+pub use session::{SessionCheck, SessionLimits, SessionTable};
 pub use state_machine::{Command, KvStateMachine, StateMachine, StateMachineTrait};
 pub use storage::{
     LogStore, MemLogStore, MemSnapshotStore, SnapshotReader, SnapshotStore, SnapshotWriter,

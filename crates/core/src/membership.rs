@@ -51,6 +51,16 @@ pub enum MembershipError {
     /// The node is not a learner.
     #[error("node {0} is not a learner")]
     NotLearner(NodeId),
+    /// The address recorded for a member is longer than the log stores.
+    #[error("the address of node {id} is {len} bytes; at most {max} bytes are accepted")]
+    AddressTooLong {
+        /// The member.
+        id: NodeId,
+        /// The address's length.
+        len: usize,
+        /// The limit ([`crate::codec::MAX_ADDR_BYTES`]).
+        max: usize,
+    },
 }
 
 impl MembershipConfig {
@@ -140,6 +150,15 @@ impl MembershipConfig {
                 }
                 next.learners.insert(*id);
                 if let MembershipChange::AddLearnerAt(_, addr) = change {
+                    // Longer addresses would be written to the log but refused when it
+                    // is read back: the node could not restart.
+                    if addr.len() > crate::codec::MAX_ADDR_BYTES {
+                        return Err(MembershipError::AddressTooLong {
+                            id: *id,
+                            len: addr.len(),
+                            max: crate::codec::MAX_ADDR_BYTES,
+                        });
+                    }
                     next.addrs.insert(*id, addr.clone());
                 }
             }
@@ -257,6 +276,24 @@ mod tests {
             c.apply_change(&MembershipChange::RemoveLearner(9)),
             Err(MembershipError::NotLearner(9))
         );
+    }
+
+    #[test]
+    fn an_address_longer_than_the_log_reads_back_is_refused_before_it_is_logged() {
+        let c = MembershipConfig::new_voters([1]);
+        let long = "h".repeat(crate::codec::MAX_ADDR_BYTES + 1);
+        assert_eq!(
+            c.apply_change(&MembershipChange::AddLearnerAt(4, long)),
+            Err(MembershipError::AddressTooLong {
+                id: 4,
+                len: crate::codec::MAX_ADDR_BYTES + 1,
+                max: crate::codec::MAX_ADDR_BYTES
+            })
+        );
+        let fits = "h".repeat(crate::codec::MAX_ADDR_BYTES);
+        assert!(c
+            .apply_change(&MembershipChange::AddLearnerAt(4, fits))
+            .is_ok());
     }
 
     #[test]

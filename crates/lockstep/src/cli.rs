@@ -9,6 +9,7 @@
 //! lockstep client ... [-o json|table] status | members | endpoint health | endpoint status --cluster
 //! lockstep client ... delete KEY | transfer-leader ID | add-learner ID ADDR | remove-learner ID
 //!                     | set-voters 1,2,3 | snapshot
+//! lockstep certs --cluster-id demo --out certs --nodes 1,2,3 [--clients ops] [--hosts 127.0.0.1,localhost]
 //! ```
 //! `--help` and `--version` exit 0, a usage error exits 2, a failed command exits 1.
 
@@ -45,6 +46,35 @@ enum Command {
     },
     /// Talk to a cluster through any of its nodes.
     Client(Box<ClientArgs>),
+    /// Make a CA and node and client certificates for a test cluster (see docs/security.md).
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, Args)]
+struct CertsArgs {
+    /// The cluster id the certificates name (the nodes' `cluster_id`).
+    #[arg(long)]
+    cluster_id: String,
+    /// Directory to write into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Node ids, comma-separated: node-ID.pem and node-ID.key for each.
+    #[arg(long, value_name = "1,2,..", value_delimiter = ',', required = true)]
+    nodes: Vec<NodeId>,
+    /// Client names, comma-separated: client-NAME.pem and client-NAME.key for each.
+    #[arg(long, value_name = "NAME,..", value_delimiter = ',')]
+    clients: Vec<String>,
+    /// DNS names and IP addresses the nodes are reached at, comma-separated.
+    #[arg(
+        long,
+        value_name = "HOST,..",
+        value_delimiter = ',',
+        default_value = "127.0.0.1,localhost"
+    )]
+    hosts: Vec<String>,
+    /// Replace files that exist already.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +194,10 @@ pub fn init_logging() {
         .init();
 }
 
+/// With this environment variable set, the tool only parses its arguments and exits 0 (or
+/// 2 with the usage error).
+pub const CHECK_ARGS: &str = "LOCKSTEP_CHECK_ARGS";
+
 /// Runs the command line given in the process arguments and turns its outcome into the
 /// exit code: the whole body of a node binary's `main`.
 pub async fn run() -> ExitCode {
@@ -175,6 +209,10 @@ pub async fn run() -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
+    // `cargo xtask docs` checks the commands in the documentation this way: parsed, not run.
+    if std::env::var_os(CHECK_ARGS).is_some() {
+        return ExitCode::SUCCESS;
+    }
     match main(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -189,7 +227,24 @@ pub async fn main(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Node { config } => node(config).await.map(|()| ExitCode::SUCCESS),
         Command::Client(args) => client(*args).await,
+        Command::Certs(args) => certs(args).map(|()| ExitCode::SUCCESS),
     }
+}
+
+/// `lockstep certs`: writes the CA and the certificates, and names each file written.
+fn certs(args: CertsArgs) -> Result<()> {
+    use crate::grpc::certs::{generate, CertsSpec};
+    let spec = CertsSpec {
+        cluster_id: args.cluster_id,
+        nodes: args.nodes,
+        clients: args.clients,
+        hosts: args.hosts,
+    };
+    let files = generate(&spec)?.write(&args.out, args.force)?;
+    for f in files {
+        println!("{}", f.display());
+    }
+    Ok(())
 }
 
 async fn node(path: PathBuf) -> Result<()> {

@@ -28,7 +28,8 @@ fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
 
 impl ProcessCluster {
     /// Writes configs for `n` founding voters using `storage` (a `storage = ...` value) plus
-    /// `extra` TOML appended to every config, and starts every node with `bin node --config`.
+    /// `extra` TOML appended to every config (with `{id}` replaced by the node's id, e.g. for
+    /// `cert = "certs/node-{id}.pem"`), and starts every node with `bin node --config`.
     pub fn start(
         bin: impl Into<PathBuf>,
         n: usize,
@@ -66,8 +67,9 @@ impl ProcessCluster {
         for (i, addr) in addrs.iter().enumerate() {
             let id = i + 1;
             let text = format!(
-                "node_id = {id}\ncluster_id = \"{cluster_id}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nstorage = \"{storage}\"\n{extra}\n[peers]\n{peers}\n[bootstrap]\nvoters = [{}]\n",
+                "node_id = {id}\ncluster_id = \"{cluster_id}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nstorage = \"{storage}\"\n{}\n[peers]\n{peers}\n[bootstrap]\nvoters = [{}]\n",
                 dir.path().join(format!("data{id}")).display(),
+                extra.replace("{id}", &id.to_string()),
                 voters.join(", ")
             );
             std::fs::write(dir.path().join(format!("n{id}.toml")), text)?;

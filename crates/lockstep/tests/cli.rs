@@ -41,6 +41,31 @@ fn help_and_version_exit_0_and_usage_errors_exit_2() {
 }
 
 #[test]
+fn with_check_args_a_command_line_is_parsed_but_not_run() {
+    let check = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env(lockstep::cli::CHECK_ARGS, "1")
+            .output()
+            .unwrap()
+    };
+    // Valid, though the config file does not exist: nothing is run.
+    let ok = check(&[
+        "client",
+        "--config",
+        "/nonexistent/n1.toml",
+        "put",
+        "k",
+        "v",
+    ]);
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    let bad = check(&["client", "--config", "n1.toml", "put", "k"]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    let unknown = check(&["client", "--confg", "n1.toml", "status"]);
+    assert_eq!(unknown.status.code(), Some(2), "{unknown:?}");
+}
+
+#[test]
 fn a_command_that_fails_exits_1_with_the_reason() {
     let o = lockstep(&["node", "--config", "/nonexistent/n1.toml"]);
     assert_eq!(o.status.code(), Some(1));
@@ -159,51 +184,79 @@ async fn a_second_lockstep_node_on_a_held_data_directory_fails_naming_the_holder
     assert!(err.contains(&format!("process {pid}")), "{err}");
 }
 
-/// A CA and one certificate for 127.0.0.1 / localhost (server and client use), as PEM
-/// files in `dir`: (ca, cert, key).
-fn certificates(dir: &std::path::Path) -> (String, String, String) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    ca.distinguished_name.push(DnType::CommonName, "test CA");
-    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut leaf =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    leaf.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    let write = |name: &str, text: &str| {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p.to_string_lossy().into_owned()
-    };
-    (
-        write("ca.pem", &ca_pem),
-        write("node.pem", &cert.pem()),
-        write("node.key", &key.serialize_pem()),
-    )
-}
-
 #[test]
-fn the_client_speaks_tls_from_the_config_or_from_flags() {
-    let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certificates(certs.path());
+fn certs_makes_the_certificates_of_a_mutual_tls_cluster_and_its_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs");
+    let out_s = out.to_str().unwrap();
+    let make = |extra: &[&str]| {
+        let mut a = vec![
+            "certs",
+            "--cluster-id",
+            "process-cluster",
+            "--out",
+            out_s,
+            "--nodes",
+            "1,2,3",
+            "--clients",
+            "ops",
+        ];
+        a.extend_from_slice(extra);
+        lockstep(&a)
+    };
+    let o = make(&[]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let listed: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
+    for name in [
+        "ca.pem",
+        "ca.key",
+        "node-1.pem",
+        "node-1.key",
+        "node-3.pem",
+        "client-ops.pem",
+        "client-ops.key",
+    ] {
+        let p = out.join(name);
+        assert!(
+            listed.contains(&p.display().to_string()),
+            "{name} not in {listed:?}"
+        );
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&p).unwrap().permissions());
+        let expected = if name.ends_with(".key") { 0o600 } else { 0o644 };
+        assert_eq!(mode & 0o777, expected, "{name}");
+    }
+    assert_eq!(listed.len(), 10, "{listed:?}");
+    // Files are never replaced silently; --force replaces them.
+    let o = make(&[]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("ca.pem"),
+        "{o:?}"
+    );
+    assert_eq!(make(&["--force"]).status.code(), Some(0));
+    // Usage errors exit 2; a bad request exits 1 naming what is wrong.
+    assert_eq!(
+        lockstep(&["certs", "--cluster-id", "c", "--out", out_s])
+            .status
+            .code(),
+        Some(2)
+    );
+    let o = lockstep(&["certs", "--cluster-id", "c", "--out", out_s, "--nodes", "0"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("node id 0"),
+        "{o:?}"
+    );
+
+    // The walkthrough of docs/security.md: each node its own certificate, mutual TLS.
+    let file = |name: &str| out.join(name).display().to_string();
     let tls = format!(
-        "[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nca = \"{ca}\"\nrequire_client_cert = true\n"
+        "[tls]\ncert = \"{out_s}/node-{{id}}.pem\"\nkey = \"{out_s}/node-{{id}}.key\"\nca = \"{}\"\nrequire_client_cert = true\n",
+        file("ca.pem")
     );
     let cluster = ProcessCluster::start(BIN, 3, "file", &tls).unwrap();
+    assert_eq!(cluster.cluster_id(), "process-cluster");
     let config = cluster.config_path(1);
     // [tls] of the node's config: the CA, and the node's certificate as the client's.
     let o = lockstep(&[
@@ -230,6 +283,11 @@ fn the_client_speaks_tls_from_the_config_or_from_flags() {
         a.extend_from_slice(extra);
         lockstep(&a)
     };
+    let (ca, cert, key) = (
+        file("ca.pem"),
+        file("client-ops.pem"),
+        file("client-ops.key"),
+    );
     let o = with(&["--ca", &ca, "--cert", &cert, "--key", &key, "get", "k"]);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     assert_eq!(stdout(&o).trim(), "over tls");

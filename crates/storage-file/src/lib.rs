@@ -20,6 +20,8 @@
 
 mod error;
 mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 mod meta;
 mod record;
 mod recovery;

@@ -78,6 +78,17 @@ enum Outcome {
 /// Scans one segment file (the whole file is read once).
 fn scan(path: &Path, first: Index, is_last: bool, repairs: &mut Repairs) -> Result<Outcome> {
     let buf = Bytes::from(fsutil::read_file(path)?);
+    scan_bytes(path, buf, first, is_last, repairs)
+}
+
+/// Scans the contents `buf` of the segment file `path`, whose name says it starts at `first`.
+fn scan_bytes(
+    path: &Path,
+    buf: Bytes,
+    first: Index,
+    is_last: bool,
+    repairs: &mut Repairs,
+) -> Result<Outcome> {
     match record::parse_header(&buf) {
         Ok(f) if f == first => {}
         Ok(f) => {
@@ -133,9 +144,17 @@ fn scan(path: &Path, first: Index, is_last: bool, repairs: &mut Repairs) -> Resu
     while pos < buf.len() {
         match record::check_record(&buf, pos) {
             RecordCheck::Valid { end } => {
+                let want = s.end();
+                if want == Index::MAX {
+                    // Its successor, the segment's end, would not be an index.
+                    return Err(FileStoreError::corrupt(
+                        path,
+                        pos as u64,
+                        format!("record would hold entry {want}, past the largest log index"),
+                    ));
+                }
                 let e = record::decode_payload(&buf, pos, end)
                     .map_err(|d| FileStoreError::corrupt(path, pos as u64, d))?;
-                let want = s.end();
                 if e.log_id.index != want {
                     return Err(FileStoreError::corrupt(
                         path,
@@ -168,6 +187,41 @@ fn scan(path: &Path, first: Index, is_last: bool, repairs: &mut Repairs) -> Resu
         }
     }
     Ok(Outcome::Scanned(s))
+}
+
+/// What [`scan_in_memory`] found in a segment's bytes.
+#[derive(Debug)]
+pub(crate) struct ScanSummary {
+    /// The header is missing or zeroed and no valid record follows (the file would be
+    /// removed).
+    pub(crate) torn_header: bool,
+    /// Bytes of valid data.
+    pub(crate) len: u64,
+    /// Number of valid records.
+    pub(crate) records: usize,
+    /// Where a torn tail would be cut.
+    pub(crate) cut: Option<u64>,
+}
+
+/// Runs the scan of recovery over `buf` as the contents of a segment named for `first`,
+/// without touching the disk (for the fuzz targets, through [`crate::fuzzing`]).
+pub(crate) fn scan_in_memory(buf: Bytes, first: Index, is_last: bool) -> Result<ScanSummary> {
+    let mut repairs = Repairs::default();
+    let path = Path::new("in-memory.wal");
+    Ok(match scan_bytes(path, buf, first, is_last, &mut repairs)? {
+        Outcome::TornHeader => ScanSummary {
+            torn_header: true,
+            len: 0,
+            records: 0,
+            cut: None,
+        },
+        Outcome::Scanned(s) => ScanSummary {
+            torn_header: false,
+            len: s.len,
+            records: s.offsets.len(),
+            cut: repairs.cut.map(|(_, at, _)| at),
+        },
+    })
 }
 
 /// Whether an entry of `term` starts a new term run after `prev` (the last run, if any).
@@ -206,6 +260,14 @@ pub fn recover(dir: &Path) -> Result<Recovered> {
     fsutil::ensure_dir(dir)?;
     let (meta_file, meta) = MetaFile::load(dir)?;
     let purge = meta.purge_point;
+    if purge.index == Index::MAX {
+        // The log would continue after an index that has no successor.
+        return Err(FileStoreError::corrupt(
+            &dir.join("meta-a"),
+            0,
+            format!("the metadata's purge point {purge} is at the largest log index"),
+        ));
+    }
     let files = list(dir)?;
     let mut repairs = Repairs::default();
     let mut scanned: Vec<Scanned> = Vec::new();
@@ -341,6 +403,42 @@ mod tests {
                 data: Bytes::from(vec![i as u8; 100]),
             },
         }
+    }
+
+    #[test]
+    fn a_purge_point_at_the_largest_index_is_corrupt_not_an_overflow() {
+        // Found by the `recovery` fuzz target (crates/fuzz/corpus/recovery/purge-point-max):
+        // `purge.index + 1` overflowed.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut f, _) = MetaFile::load(dir.path()).unwrap();
+        f.save(&Meta {
+            purge_point: LogId::new(1, Index::MAX),
+            ..Meta::default()
+        })
+        .unwrap();
+        let err = recover(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("largest log index"), "{err}");
+    }
+
+    #[test]
+    fn a_segment_holding_the_largest_index_is_corrupt_not_an_overflow() {
+        // Found by the `record` fuzz target (crates/fuzz/corpus/record/index-overflow): a
+        // segment named for u64::MAX - 1 with two records overflowed `Scanned::end`.
+        let dir = tempfile::tempdir().unwrap();
+        let first = Index::MAX - 1;
+        let mut v = record::encode_header(first).to_vec();
+        for i in [first, first + 1] {
+            record::encode_record(
+                &mut v,
+                &Entry {
+                    log_id: LogId::new(1, i),
+                    payload: EntryPayload::Blank,
+                },
+            );
+        }
+        std::fs::write(dir.path().join(segment_name(first)), &v).unwrap();
+        let err = recover(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("largest log index"), "{err}");
     }
 
     #[test]

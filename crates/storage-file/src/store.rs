@@ -364,7 +364,14 @@ impl LogStore for FileLogStore {
         }
         let mut prev = self.last;
         for e in entries {
-            if e.log_id.index != prev.index + 1 {
+            if e.log_id.index == u64::MAX {
+                // Recovery refuses it (one past it does not exist): never written.
+                return Err(StorageError::Other(format!(
+                    "entry {} has the largest index, which the log does not store",
+                    e.log_id
+                )));
+            }
+            if prev.index.checked_add(1) != Some(e.log_id.index) {
                 return Err(StorageError::NotContiguous {
                     last: prev,
                     found: e.log_id,

@@ -9,13 +9,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lockstep_core::raft::Role;
 use lockstep_core::runtime::{PeerProgress, ReadLevel};
+use lockstep_core::session_pool::{random_client_id, SessionPool};
 use lockstep_core::state_machine::{KvCommand, KvQuery, KvResponse};
 use lockstep_core::{ClientSession, LogId, MembershipConfig, NodeId};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -267,31 +267,6 @@ pub struct Client {
     state: Mutex<State>,
 }
 
-/// Sessions not carrying a proposal right now, with the last sequence each used, and a
-/// limit on how many exist.
-struct SessionPool {
-    idle: Mutex<Vec<ClientSession>>,
-    created: AtomicU64,
-    slots: tokio::sync::Semaphore,
-}
-
-impl SessionPool {
-    fn new(first: u64, max: usize) -> Self {
-        Self {
-            idle: Mutex::new(vec![ClientSession {
-                client_id: first,
-                sequence: 0,
-            }]),
-            created: AtomicU64::new(1),
-            slots: tokio::sync::Semaphore::new(max),
-        }
-    }
-
-    fn idle(&self) -> MutexGuard<'_, Vec<ClientSession>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
@@ -300,21 +275,6 @@ impl std::fmt::Debug for Client {
             .field("leader", &self.leader_addr())
             .finish()
     }
-}
-
-/// A random, non-zero client id.
-fn random_client_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    h.write_u128(now);
-    h.write_u32(std::process::id());
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.finish().max(1)
 }
 
 /// A delay drawn at random from the upper half of `d` (`d/2..=d`).
@@ -369,7 +329,7 @@ impl Client {
         });
         let client_id = random_client_id();
         let client = Client {
-            sessions: SessionPool::new(client_id, config.max_sessions),
+            sessions: SessionPool::new(client_id, config.max_sessions, random_client_id),
             cfg: config,
             tls,
             client_id,
@@ -604,32 +564,18 @@ impl Client {
     /// session until the deadline, so it is applied at most once.
     pub async fn propose(&self, command: impl Into<Bytes>) -> Result<Bytes, ClientError> {
         let command = command.into();
-        let _slot = self
+        let pooled = self
             .sessions
-            .slots
-            .acquire()
+            .take()
             .await
-            .map_err(|_| ClientError::Unavailable("the client is closed".into()))?;
-        let idle = self.sessions.idle().pop();
-        let mut session = idle.unwrap_or_else(|| {
-            self.sessions.created.fetch_add(1, Ordering::Relaxed);
-            ClientSession {
-                client_id: random_client_id(),
-                sequence: 0,
-            }
-        });
-        session.sequence += 1;
-        let r = self.propose_with_session(session, command).await;
-        // The sequence is used up whatever the outcome: a retry of it after a give-up
-        // would be a new command.
-        self.sessions.idle().push(session);
-        r
+            .ok_or_else(|| ClientError::Unavailable("the client is closed".into()))?;
+        self.propose_with_session(pooled.session(), command).await
     }
 
     /// Sessions this client has created so far (at most [`ClientConfig::max_sessions`]):
     /// one per proposal it ever had in flight at the same time.
     pub fn sessions(&self) -> usize {
-        self.sessions.created.load(Ordering::Relaxed) as usize
+        self.sessions.created()
     }
 
     /// As [`Client::propose`] with a session chosen by the caller.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use lockstep_core::NodeId;
 
 use crate::error::GrpcError;
+use crate::identity::CertIdentity;
 
 /// A configuration value outside its accepted range.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -33,7 +34,10 @@ impl ConfigError {
 
 /// TLS for the peer and client APIs: the node's certificate and key, and the CA that peers'
 /// (and, with `require_client_cert`, clients') certificates must chain to. The same
-/// certificate is presented as a client certificate when this node connects to peers.
+/// certificate is presented as a client certificate when this node connects to peers, so it
+/// must carry this node's identity (SAN URI `lockstep://CLUSTER/node/ID`, see
+/// [`crate::identity`]); every peer call must come with such a certificate and claim to be
+/// from the node it names.
 #[derive(Clone)]
 pub struct TlsConfig {
     /// This node's certificate chain, PEM.
@@ -42,7 +46,9 @@ pub struct TlsConfig {
     pub key_pem: String,
     /// The CA certificate(s) peers are verified against, PEM.
     pub ca_pem: String,
-    /// Mutual TLS: refuse connections without a client certificate signed by `ca_pem`.
+    /// Mutual TLS for the client API: refuse client connections without a certificate
+    /// signed by `ca_pem`. The peer service always requires a node certificate with TLS,
+    /// whatever this says.
     pub require_client_cert: bool,
     /// Name to verify in peers' server certificates; by default the host of the peer's
     /// address.
@@ -138,6 +144,10 @@ pub struct GrpcConfig {
     /// `WatchLeader` streams served at once; one more is refused with
     /// `RESOURCE_EXHAUSTED` until one ends.
     pub max_watch_streams: usize,
+    /// Snapshot streams received at once, from all peers together (each has a temporary
+    /// file); one more is refused with `RESOURCE_EXHAUSTED` until one ends. A peer may have
+    /// at most one inbound snapshot stream at a time whatever this says.
+    pub max_inbound_snapshots: usize,
     /// TLS (and mutual TLS); plain text if `None`.
     pub tls: Option<TlsConfig>,
     /// A secret every peer presents on every peer call (compared in constant time); calls
@@ -209,6 +219,7 @@ impl GrpcConfig {
             reconnect_backoff_min: Duration::from_millis(20),
             reconnect_backoff_max: Duration::from_secs(2),
             max_watch_streams: 1024,
+            max_inbound_snapshots: 2,
             tls: None,
             peer_secret: None,
         }
@@ -241,6 +252,9 @@ impl GrpcConfig {
         }
         if self.max_watch_streams == 0 {
             return Err(ConfigError::new("max_watch_streams", "0", "at least 1"));
+        }
+        if self.max_inbound_snapshots == 0 {
+            return Err(ConfigError::new("max_inbound_snapshots", "0", "at least 1"));
         }
         let tls = self.tls.is_some();
         for (id, addr) in &self.peers {
@@ -309,8 +323,30 @@ impl GrpcConfig {
         }
         if let Some(t) = &self.tls {
             t.validate()?;
+            self.check_own_certificate(t)?;
         }
         Ok(())
+    }
+
+    /// This node's certificate must identify it: peers refuse its calls otherwise.
+    fn check_own_certificate(&self, t: &TlsConfig) -> Result<(), ConfigError> {
+        let mine = CertIdentity::Node {
+            cluster_id: self.cluster_id.clone(),
+            id: self.node_id,
+        };
+        let expected = format!(
+            "the certificate of {mine} (SAN URI {}; `lockstep certs` makes one)",
+            mine.uri()
+        );
+        match CertIdentity::from_pem(&t.cert_pem) {
+            Ok(id) if id == mine => Ok(()),
+            Ok(other) => Err(ConfigError::new(
+                "tls.cert_pem",
+                format!("<the certificate of {other}>"),
+                expected,
+            )),
+            Err(e) => Err(ConfigError::new("tls.cert_pem", format!("<{e}>"), expected)),
+        }
     }
 }
 
@@ -384,6 +420,9 @@ mod tests {
         let mut c = cfg();
         c.snapshot_chunk_bytes = c.max_message_bytes;
         assert_eq!(c.validate().unwrap_err().key, "snapshot_chunk_bytes");
+        let mut c = cfg();
+        c.max_inbound_snapshots = 0;
+        assert_eq!(c.validate().unwrap_err().key, "max_inbound_snapshots");
         let mut c = cfg();
         c.request_timeout = Duration::ZERO;
         assert_eq!(c.validate().unwrap_err().key, "request_timeout");

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 
+use lockstep_core::codec;
 use lockstep_core::raft::progress::ReplicationState;
 use lockstep_core::raft::Role;
 use lockstep_core::runtime::{PeerProgress, ReadLevel};
@@ -97,6 +98,19 @@ pub fn membership_from_proto(
     field: &str,
 ) -> Result<MembershipConfig, ConvertError> {
     let m = m.ok_or_else(|| ConvertError::missing(field))?;
+    // What the log store cannot read back must not be accepted into the log.
+    for (id, addr) in &m.addrs {
+        if addr.len() > codec::MAX_ADDR_BYTES {
+            return Err(ConvertError::new(
+                format!("{field}.addrs[{id}]"),
+                format!(
+                    "an address of {} bytes is longer than the {} bytes a node stores",
+                    addr.len(),
+                    codec::MAX_ADDR_BYTES
+                ),
+            ));
+        }
+    }
     let cfg = MembershipConfig {
         voters: node_ids_from_proto(&m.voters, &format!("{field}.voters"))?,
         outgoing: node_ids_from_proto(&m.outgoing, &format!("{field}.outgoing"))?,
@@ -131,6 +145,16 @@ pub fn snapshot_meta_from_proto(
         return Err(ConvertError::new(
             format!("{field}.last_log_id.index"),
             "a snapshot covers at least entry 1",
+        ));
+    }
+    if last_log_id.term > codec::MAX_SNAPSHOT_TERM {
+        return Err(ConvertError::new(
+            format!("{field}.last_log_id.term"),
+            format!(
+                "term {} is above the largest snapshot term a node stores ({})",
+                last_log_id.term,
+                codec::MAX_SNAPSHOT_TERM
+            ),
         ));
     }
     Ok(SnapshotMeta {
@@ -714,6 +738,33 @@ mod tests {
             );
         }
         assert_eq!(read_level_from_proto(7).unwrap_err().field, "consistency");
+    }
+
+    #[test]
+    fn an_address_longer_than_the_log_store_reads_back_is_rejected() {
+        let mut m = membership_to_proto(&membership());
+        m.addrs.insert(9, "a".repeat(codec::MAX_ADDR_BYTES));
+        membership_from_proto(Some(m.clone()), "m").unwrap();
+        m.addrs.insert(9, "a".repeat(codec::MAX_ADDR_BYTES + 1));
+        let err = membership_from_proto(Some(m), "m").unwrap_err();
+        assert_eq!(err.field, "m.addrs[9]");
+        // Found by the `convert` fuzz target (crates/fuzz/corpus/convert/long-address):
+        // accepted, appended, and then the WAL record failed to decode on restart.
+    }
+
+    #[test]
+    fn a_snapshot_term_the_storage_encoding_cannot_hold_is_rejected() {
+        let meta = |term| {
+            Some(pb::SnapshotMeta {
+                last_log_id: Some(pb::LogId { term, index: 5 }),
+                membership: Some(membership_to_proto(&MembershipConfig::new_voters([1]))),
+            })
+        };
+        snapshot_meta_from_proto(meta(codec::MAX_SNAPSHOT_TERM), "s").unwrap();
+        let err = snapshot_meta_from_proto(meta(1 << 63), "s").unwrap_err();
+        assert_eq!(err.field, "s.last_log_id.term");
+        // Found by the `convert` fuzz target (crates/fuzz/corpus/convert/snapshot-term-bit63):
+        // bit 63 of a stored snapshot term is the codec's addresses flag.
     }
 
     #[test]

@@ -79,11 +79,20 @@
 //! `PERMISSION_DENIED`, a malformed frame with `INVALID_ARGUMENT`, and a frame above
 //! [`GrpcConfig::max_message_bytes`] with `RESOURCE_EXHAUSTED`; each status message says what
 //! was wrong, and none of these reach the protocol.
+//!
+//! With TLS, every peer call must also come with a client certificate whose identity
+//! (SAN URI `lockstep://CLUSTER/node/ID`, see [`identity`]) names this cluster and the
+//! sender every envelope claims; a call without one, with a client's certificate
+//! (`lockstep://CLUSTER/client/NAME`) or claiming another sender is refused with
+//! `PERMISSION_DENIED`. The `certs` feature (module `certs`) makes such certificates.
 
+#[cfg(feature = "certs")]
+pub mod certs;
 pub mod client;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod identity;
 pub mod server;
 pub mod transport;
 
@@ -118,6 +127,7 @@ pub mod proto {
 pub use client::{CasOutcome, Client, ClientConfig, ClientError, ClientTls, RemoteStatus};
 pub use config::{ConfigError, GrpcConfig, PeerSecret, TlsConfig};
 pub use error::GrpcError;
+pub use identity::{CertIdentity, IdentityError};
 pub use server::{GrpcServer, ServerHandle};
 pub use transport::{GrpcTransport, PeerUpdate};
 

@@ -22,6 +22,7 @@ use crate::convert::{
     session_from_proto, snapshot_meta_from_proto,
 };
 use crate::error::GrpcError;
+use crate::identity::CertIdentity;
 use crate::limit::{map_stream_error, SizeLimited};
 use crate::proto::client as cpb;
 use crate::proto::client::client_api_server::{ClientApi, ClientApiServer};
@@ -161,13 +162,16 @@ impl GrpcServer {
             max_watch_streams: config.max_watch_streams,
             peer_secret: config.peer_secret.clone(),
             status: node.watch_status(),
+            snapshot_slots: Arc::new(tokio::sync::Semaphore::new(config.max_inbound_snapshots)),
+            max_inbound_snapshots: config.max_inbound_snapshots,
+            snapshot_senders: Mutex::new(std::collections::BTreeSet::new()),
         });
-        let client_certs = config.tls.as_ref().is_some_and(|t| t.require_client_cert);
-        if config.peer_secret.is_none() && !client_certs {
+        // With TLS every peer call is bound to a node certificate (`peer_caller`).
+        if config.peer_secret.is_none() && config.tls.is_none() {
             tracing::warn!(
                 node = config.node_id,
                 "peer traffic is UNAUTHENTICATED: anyone who reaches {} can speak for a member; \
-                 set a peer secret or mutual TLS (see docs/security.md)",
+                 set a peer secret or TLS with node certificates (see docs/security.md)",
                 local_addr
             );
         }
@@ -260,6 +264,30 @@ struct Shared {
     watch_slots: Arc<tokio::sync::Semaphore>,
     /// The limit behind `watch_slots`, for the refusal.
     max_watch_streams: usize,
+    /// One permit per inbound snapshot stream being received.
+    snapshot_slots: Arc<tokio::sync::Semaphore>,
+    /// The limit behind `snapshot_slots`, for the refusal.
+    max_inbound_snapshots: usize,
+    /// The peers a snapshot is being received from (at most one stream each).
+    snapshot_senders: Mutex<std::collections::BTreeSet<NodeId>>,
+}
+
+/// Held while an inbound snapshot stream is received: a slot of the global limit and the
+/// sender's place in [`Shared::snapshot_senders`], both given back on drop.
+struct SnapshotSlot<'a> {
+    shared: &'a Shared,
+    from: NodeId,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for SnapshotSlot<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .snapshot_senders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.from);
+    }
 }
 
 /// Completes once the server is shutting down.
@@ -330,6 +358,89 @@ impl Shared {
         }
     }
 
+    /// With TLS, the node a peer call comes from, as its client certificate says
+    /// (`lockstep://CLUSTER/node/ID`); `None` without TLS. A call without a certificate, with
+    /// a client's certificate, with one of another cluster or without an identity is
+    /// refused with `PERMISSION_DENIED`, whatever `require_client_cert` says (that flag
+    /// governs the client API).
+    fn peer_caller<T>(&self, req: &Request<T>) -> Result<Option<NodeId>, Status> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let denied = |why: String| {
+            Status::permission_denied(format!("peer call refused by node {}: {why}", self.node_id))
+        };
+        let certs = req.peer_certs();
+        let Some(leaf) = certs.as_deref().and_then(|c| c.first()) else {
+            return Err(denied(format!(
+                "no client certificate presented; with TLS every peer presents its node \
+                 certificate (SAN URI lockstep://{}/node/ID)",
+                self.cluster_id
+            )));
+        };
+        match CertIdentity::from_der(leaf.as_ref()) {
+            Err(e) => Err(denied(e.to_string())),
+            Ok(CertIdentity::Client { cluster_id, name }) => Err(denied(format!(
+                "a client certificate cannot call the peer service (the certificate identifies \
+                 client {name:?} of cluster {cluster_id:?})"
+            ))),
+            Ok(CertIdentity::Node { cluster_id, id }) if cluster_id != self.cluster_id => {
+                Err(denied(format!(
+                    "certificate identifies node {id} of cluster {cluster_id:?}, but this node \
+                     belongs to cluster {:?}",
+                    self.cluster_id
+                )))
+            }
+            Ok(CertIdentity::Node { id, .. }) => Ok(Some(id)),
+        }
+    }
+
+    /// Refuses a peer message whose header claims another sender than the caller's
+    /// certificate (with TLS; `caller` is `None` without).
+    fn check_sender(&self, caller: Option<NodeId>, h: &pb::Header) -> Result<(), Status> {
+        match caller {
+            Some(id) if id != h.from => Err(Status::permission_denied(format!(
+                "peer message refused by node {}: certificate identifies node {id} of cluster \
+                 {:?}, but the message claims to be from node {}",
+                self.node_id, self.cluster_id, h.from
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes a place for an inbound snapshot from `from`: one stream per peer, and at most
+    /// `max_inbound_snapshots` in all; else `RESOURCE_EXHAUSTED` naming the limit.
+    fn snapshot_slot(&self, from: NodeId) -> Result<SnapshotSlot<'_>, Status> {
+        let mut senders = self
+            .snapshot_senders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if senders.contains(&from) {
+            return Err(Status::resource_exhausted(format!(
+                "node {} is already receiving a snapshot from node {from}: one inbound \
+                 snapshot per peer at a time; retry when it has ended",
+                self.node_id
+            )));
+        }
+        let permit = self
+            .snapshot_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "node {} is receiving {} snapshots already: the limit is {} \
+                     (max_inbound_snapshots); retry when one has ended",
+                    self.node_id, self.max_inbound_snapshots, self.max_inbound_snapshots
+                ))
+            })?;
+        senders.insert(from);
+        Ok(SnapshotSlot {
+            shared: self,
+            from,
+            _permit: permit,
+        })
+    }
+
     fn check_client(&self, h: Option<&cpb::RequestHeader>) -> Result<(), Status> {
         let h = h.ok_or_else(|| Status::invalid_argument("malformed request: missing `header`"))?;
         self.check_version(h.protocol_version)?;
@@ -370,18 +481,27 @@ impl PeerService {
         }
     }
 
-    async fn messages_inner(&self, mut stream: Streaming<pb::PeerEnvelope>) -> Result<u64, Status> {
+    async fn messages_inner(
+        &self,
+        caller: Option<NodeId>,
+        mut stream: Streaming<pb::PeerEnvelope>,
+    ) -> Result<u64, Status> {
         let mut received = 0;
         while let Some(env) = self.next(&mut stream).await? {
             let (h, msg) = envelope_to_message(env)?;
             self.shared.check_peer(&h)?;
+            // Every envelope: one stream may carry many, each naming its sender.
+            self.shared.check_sender(caller, &h)?;
             if let MessageBody::InstallSnapshot { .. } = msg.body {
                 return Err(Status::invalid_argument(
                     "malformed request: an InstallSnapshot message travels with its data on the InstallSnapshot call",
                 ));
             }
+            // Waits while this peer's share of the inbox is full: the stream is not read
+            // meanwhile, so HTTP/2 flow control holds the sender back.
             self.inbox
-                .deliver(msg)
+                .deliver_bounded(msg)
+                .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
             received += 1;
         }
@@ -392,10 +512,12 @@ impl PeerService {
     /// member may move an id to another address (this is the only way to do so).
     fn register_inner(
         &self,
+        caller: Option<NodeId>,
         req: pb::RegisterPeerRequest,
     ) -> Result<pb::RegisterPeerResponse, Status> {
         let h = header_from_proto(req.header)?;
         self.shared.check_peer(&h)?;
+        self.shared.check_sender(caller, &h)?;
         if req.id == 0 {
             return Err(Status::invalid_argument(
                 "malformed request: invalid `id`: node id 0 is reserved",
@@ -451,6 +573,7 @@ impl PeerService {
 
     async fn snapshot_inner(
         &self,
+        caller: Option<NodeId>,
         mut stream: Streaming<pb::SnapshotChunk>,
     ) -> Result<u64, Status> {
         use pb::snapshot_chunk::Frame;
@@ -464,6 +587,9 @@ impl PeerService {
         };
         let h = header_from_proto(begin.header)?;
         self.shared.check_peer(&h)?;
+        self.shared.check_sender(caller, &h)?;
+        // Held until the stream ends, whichever way.
+        let _slot = self.shared.snapshot_slot(h.from)?;
         let meta = snapshot_meta_from_proto(begin.meta, "begin.meta")?;
         let total = begin.total_len;
         if total > self.shared.max_snapshot_bytes {
@@ -542,10 +668,12 @@ impl Peer for PeerService {
         &self,
         request: Request<Streaming<pb::PeerEnvelope>>,
     ) -> Result<Response<pb::StreamAck>, Status> {
-        if let Err(st) = self.shared.check_secret(request.metadata()) {
-            return Err(refused(self.shared.node_id, "messages", st));
-        }
-        match self.messages_inner(request.into_inner()).await {
+        let caller = self
+            .shared
+            .check_secret(request.metadata())
+            .and_then(|()| self.shared.peer_caller(&request))
+            .map_err(|st| refused(self.shared.node_id, "messages", st))?;
+        match self.messages_inner(caller, request.into_inner()).await {
             Ok(received) => Ok(Response::new(pb::StreamAck { received })),
             Err(st) if st.code() == tonic::Code::Unavailable => Err(st),
             Err(st) => Err(refused(self.shared.node_id, "messages", st)),
@@ -556,10 +684,12 @@ impl Peer for PeerService {
         &self,
         request: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::SnapshotAck>, Status> {
-        if let Err(st) = self.shared.check_secret(request.metadata()) {
-            return Err(refused(self.shared.node_id, "snapshot", st));
-        }
-        match self.snapshot_inner(request.into_inner()).await {
+        let caller = self
+            .shared
+            .check_secret(request.metadata())
+            .and_then(|()| self.shared.peer_caller(&request))
+            .map_err(|st| refused(self.shared.node_id, "snapshot", st))?;
+        match self.snapshot_inner(caller, request.into_inner()).await {
             Ok(received) => Ok(Response::new(pb::SnapshotAck { received })),
             Err(st) => Err(refused(self.shared.node_id, "snapshot", st)),
         }
@@ -569,10 +699,12 @@ impl Peer for PeerService {
         &self,
         request: Request<pb::RegisterPeerRequest>,
     ) -> Result<Response<pb::RegisterPeerResponse>, Status> {
-        if let Err(st) = self.shared.check_secret(request.metadata()) {
-            return Err(refused(self.shared.node_id, "registration", st));
-        }
-        match self.register_inner(request.into_inner()) {
+        let caller = self
+            .shared
+            .check_secret(request.metadata())
+            .and_then(|()| self.shared.peer_caller(&request))
+            .map_err(|st| refused(self.shared.node_id, "registration", st))?;
+        match self.register_inner(caller, request.into_inner()) {
             Ok(r) => Ok(Response::new(r)),
             Err(st) => Err(refused(self.shared.node_id, "registration", st)),
         }

@@ -23,7 +23,8 @@ async fn cluster_with_secret(ids: &[NodeId]) -> Vec<TestNode> {
         let mut cfg = config(id, None);
         cfg.peer_secret = Some(PeerSecret::new(SECRET).unwrap());
         let boot = MembershipConfig::new_voters(ids.iter().copied());
-        nodes.push(start_node(cfg, Some(boot)).await);
+        // Slow elections: a test that checks a term did not change is not disturbed by one.
+        nodes.push(start_node_with(cfg, Some(boot), |r| r.election_ticks = 50).await);
     }
     let book: BTreeMap<NodeId, String> = nodes.iter().map(|n| (n.id, n.addr_string())).collect();
     for n in &nodes {
@@ -154,4 +155,53 @@ async fn add_learner_on_a_follower_is_refused_before_the_address_book_changes() 
         "the address book is untouched"
     );
     assert!(!follower.transport.knows(9));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_timeout_now_without_the_peer_secret_is_refused_and_the_follower_keeps_its_term() {
+    let mut nodes = cluster_with_secret(&[1, 2, 3]).await;
+    let refs: Vec<&TestNode> = nodes.iter().collect();
+    let leader = wait_for_leader(&refs, Duration::from_secs(20)).await;
+    let follower = nodes.iter().find(|n| n.id != leader).unwrap();
+    let term = follower.node.status().term;
+    // TimeoutNow "from the leader" in the current term would make the follower campaign at
+    // once, past its stickiness.
+    let forged = lockstep_transport_grpc::convert::message_to_envelope(
+        CLUSTER,
+        &lockstep_core::Message {
+            from: leader,
+            to: follower.id,
+            term,
+            body: lockstep_core::MessageBody::TimeoutNow,
+        },
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", follower.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    for secret in [None, Some("not-the-secret-at-all")] {
+        let mut req = tonic::Request::new(tokio_stream::iter(vec![forged.clone()]));
+        if let Some(s) = secret {
+            req.metadata_mut()
+                .insert(PeerSecret::HEADER, s.parse().unwrap());
+        }
+        let st = PeerClient::new(channel.clone())
+            .messages(req)
+            .await
+            .unwrap_err();
+        assert_eq!(st.code(), Code::PermissionDenied, "{st:?}");
+        assert!(st.message().contains("peer secret"), "{st:?}");
+    }
+    // A campaign would raise the follower's term within a tick; give it 50.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        follower.node.status().term,
+        term,
+        "the follower did not campaign"
+    );
+    assert_eq!(follower.node.status().leader, Some(leader));
+    for n in &mut nodes {
+        n.kill().await;
+    }
 }

@@ -8,9 +8,12 @@
 //! chunk by chunk as it arrives from the network. None of them holds more than one frame.
 //!
 //! Layout (little-endian):
-//! `magic "LSSNAP02"`, `header length u32`, `header crc32c u32` (so a damaged header is
+//! `magic "LSSNAP03"`, `header length u32` (at most [`EnvelopeLimits::max_header_bytes`],
+//! checked before anything is buffered), `header crc32c u32` (so a damaged header is
 //! never parsed), header: `SnapshotMeta` (see [`crate::codec`]),
-//! `session count u32`, per session `client u64, sequence u64, ok u8, len u32, bytes`; then
+//! `session count u32`, per session `client u64, sequence u64, at u64, ok u8, len u32,
+//! bytes` (`at`, the log index of the client's last command, is absent in the older
+//! `LSSNAP02`, which is still read); then
 //! the machine's data as frames `len u32 (> 0), bytes`, a frame of length 0 ending them,
 //! and `crc32c u32` of everything before it.
 
@@ -20,10 +23,12 @@ use bytes::{BufMut, Bytes};
 
 use crate::codec::{get_snapshot_meta, put_snapshot_meta, CodecError, Reader};
 use crate::error::{CommandError, CommandResult};
-use crate::session::SessionTable;
+use crate::session::{SessionLimits, SessionTable};
 use crate::types::SnapshotMeta;
 
-const MAGIC: &[u8; 8] = b"LSSNAP02";
+const MAGIC: &[u8; 8] = b"LSSNAP03";
+/// The format before session records carried their log index; read, never written.
+const MAGIC_V2: &[u8; 8] = b"LSSNAP02";
 /// Magic of the format before streaming (one length-prefixed data block), recognised to
 /// give a clear error.
 const OLD_MAGIC: &[u8; 8] = b"LSSNAP01";
@@ -31,6 +36,24 @@ const OLD_MAGIC: &[u8; 8] = b"LSSNAP01";
 const PREFIX: usize = 16;
 /// Machine data is framed in pieces of this size (the last one may be shorter).
 pub(crate) const FRAME: usize = 64 << 10;
+
+/// Bounds applied while reading an envelope (from disk or from a peer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct EnvelopeLimits {
+    /// Largest header accepted; a longer one is refused before it is buffered.
+    pub(crate) max_header_bytes: usize,
+    /// Limits of the session table rebuilt from the header.
+    pub(crate) sessions: SessionLimits,
+}
+
+impl Default for EnvelopeLimits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 << 20,
+            sessions: SessionLimits::default(),
+        }
+    }
+}
 
 /// What an envelope says before the machine's data.
 pub(crate) struct Header {
@@ -52,9 +75,10 @@ fn encode_header(meta: &SnapshotMeta, sessions: &SessionTable<CommandResult>) ->
     let mut h = Vec::with_capacity(128 + sessions.len() * 32);
     put_snapshot_meta(&mut h, meta);
     h.put_u32_le(sessions.len() as u32);
-    for (client, seq, result) in sessions.iter() {
+    for (client, seq, at, result) in sessions.iter() {
         h.put_u64_le(client);
         h.put_u64_le(seq);
+        h.put_u64_le(at);
         let (ok, body): (u8, &[u8]) = match result {
             Ok(b) => (1, b),
             Err(e) => (0, e.0.as_bytes()),
@@ -66,20 +90,49 @@ fn encode_header(meta: &SnapshotMeta, sessions: &SessionTable<CommandResult>) ->
     h
 }
 
-/// Checks the magic and returns the header length and checksum.
-fn parse_prefix(p: &[u8]) -> Result<(usize, u32), String> {
+/// The header of an envelope, as its prefix announces it.
+#[derive(Clone, Copy, Debug)]
+struct Prefix {
+    len: usize,
+    crc: u32,
+    /// Session records carry their log index (`LSSNAP03`).
+    with_at: bool,
+}
+
+/// Checks the magic and the header length (against `limits`) and returns them.
+fn parse_prefix(p: &[u8], limits: &EnvelopeLimits) -> Result<Prefix, String> {
     if &p[..8] == OLD_MAGIC {
         return Err(
             "snapshot in the old, unstreamed envelope format LSSNAP01 (take a new snapshot)".into(),
         );
     }
-    if &p[..8] != MAGIC {
-        return Err("not a lockstep snapshot (bad magic)".into());
+    let with_at = match &p[..8] {
+        m if m == MAGIC => true,
+        m if m == MAGIC_V2 => false,
+        _ => return Err("not a lockstep snapshot (bad magic)".into()),
+    };
+    let len = le_u32(&p[8..12]) as usize;
+    if len > limits.max_header_bytes {
+        return Err(format!(
+            "snapshot header of {len} bytes exceeds the limit of {} bytes \
+             (max_snapshot_header_bytes)",
+            limits.max_header_bytes
+        ));
     }
-    Ok((le_u32(&p[8..12]) as usize, le_u32(&p[12..16])))
+    Ok(Prefix {
+        len,
+        crc: le_u32(&p[12..16]),
+        with_at,
+    })
 }
 
-fn parse_header(h: &[u8], crc: u32, expected: Option<&SnapshotMeta>) -> Result<Header, String> {
+fn parse_header(
+    h: &[u8],
+    prefix: Prefix,
+    limits: &EnvelopeLimits,
+    expected: Option<&SnapshotMeta>,
+) -> Result<Header, String> {
+    let crc = prefix.crc;
     let actual = crc32c::crc32c(h);
     if actual != crc {
         return Err(format!("header {}", checksum_error(crc, actual)));
@@ -92,6 +145,7 @@ fn parse_header(h: &[u8], crc: u32, expected: Option<&SnapshotMeta>) -> Result<H
         for _ in 0..n {
             let client = r.u64()?;
             let seq = r.u64()?;
+            let at = if prefix.with_at { r.u64()? } else { 0 };
             let ok = r.u8()?;
             let len = r.u32()? as usize;
             let b = r.bytes(len)?;
@@ -100,12 +154,12 @@ fn parse_header(h: &[u8], crc: u32, expected: Option<&SnapshotMeta>) -> Result<H
             } else {
                 Err(CommandError(String::from_utf8_lossy(b).into_owned()))
             };
-            records.push((client, seq, result));
+            records.push((client, seq, at, result, len as u64));
         }
         r.finish()?;
         Ok(Header {
             meta,
-            sessions: SessionTable::from_records(records),
+            sessions: SessionTable::from_records(limits.sessions, records),
         })
     };
     let header = inner().map_err(|e| e.to_string())?;
@@ -261,11 +315,16 @@ pub(crate) struct EnvelopeReader<R: Read> {
 
 impl<R: Read> EnvelopeReader<R> {
     /// Reads the header; `expected` must match its metadata.
-    pub(crate) fn open(inner: R, expected: Option<&SnapshotMeta>) -> io::Result<(Header, Self)> {
+    pub(crate) fn open(
+        inner: R,
+        limits: &EnvelopeLimits,
+        expected: Option<&SnapshotMeta>,
+    ) -> io::Result<(Header, Self)> {
         let mut input = CrcRead { inner, crc: 0 };
         let mut prefix = [0u8; PREFIX];
         input.exact(&mut prefix, "the envelope's magic")?;
-        let (len, header_crc) = parse_prefix(&prefix).map_err(invalid)?;
+        let prefix = parse_prefix(&prefix, limits).map_err(invalid)?;
+        let len = prefix.len;
         let mut header = Vec::new();
         // Memory grows with the bytes actually present, never with a damaged length.
         (&mut input.inner)
@@ -277,7 +336,7 @@ impl<R: Read> EnvelopeReader<R> {
             )));
         }
         input.crc = crc32c::crc32c_append(input.crc, &header);
-        let header = parse_header(&header, header_crc, expected).map_err(invalid)?;
+        let header = parse_header(&header, prefix, limits, expected).map_err(invalid)?;
         let mut r = Self {
             input,
             stage: ReadStage::Frame(0),
@@ -365,8 +424,12 @@ impl<R: Read> Read for EnvelopeReader<R> {
 
 /// Reads a whole envelope from `input`, checking everything, without keeping the machine's
 /// data; returns the header.
-pub(crate) fn verify(input: impl Read, expected: Option<&SnapshotMeta>) -> io::Result<Header> {
-    let (header, r) = EnvelopeReader::open(input, expected)?;
+pub(crate) fn verify(
+    input: impl Read,
+    limits: &EnvelopeLimits,
+    expected: Option<&SnapshotMeta>,
+) -> io::Result<Header> {
+    let (header, r) = EnvelopeReader::open(input, limits, expected)?;
     r.finish()?;
     Ok(header)
 }
@@ -375,8 +438,8 @@ pub(crate) fn verify(input: impl Read, expected: Option<&SnapshotMeta>) -> io::R
 enum Stage {
     /// Collecting the magic and the header length.
     Prefix,
-    /// Collecting the header (this many bytes, this checksum).
-    Header(usize, u32),
+    /// Collecting the header.
+    Header(Prefix),
     /// Collecting a frame length.
     FrameLen,
     /// Inside a frame, this many bytes left.
@@ -392,6 +455,7 @@ enum Stage {
 /// and the checksum. [`Verifier::finish`] says whether a complete, intact envelope passed.
 pub(crate) struct Verifier {
     expected: SnapshotMeta,
+    limits: EnvelopeLimits,
     stage: Stage,
     acc: Vec<u8>,
     crc: u32,
@@ -400,9 +464,10 @@ pub(crate) struct Verifier {
 
 impl Verifier {
     /// A verifier of an envelope whose metadata must be `expected`.
-    pub(crate) fn new(expected: SnapshotMeta) -> Self {
+    pub(crate) fn new(expected: SnapshotMeta, limits: EnvelopeLimits) -> Self {
         Self {
             expected,
+            limits,
             stage: Stage::Prefix,
             acc: Vec::with_capacity(PREFIX),
             crc: 0,
@@ -429,14 +494,14 @@ impl Verifier {
             match self.stage {
                 Stage::Prefix => {
                     if self.collect(&mut data, PREFIX, true) {
-                        let (len, crc) = parse_prefix(&self.acc)?;
+                        let prefix = parse_prefix(&self.acc, &self.limits)?;
                         self.acc = Vec::new();
-                        self.stage = Stage::Header(len, crc);
+                        self.stage = Stage::Header(prefix);
                     }
                 }
-                Stage::Header(len, crc) => {
-                    if len == 0 || self.collect(&mut data, len, true) {
-                        parse_header(&self.acc, crc, Some(&self.expected))?;
+                Stage::Header(prefix) => {
+                    if prefix.len == 0 || self.collect(&mut data, prefix.len, true) {
+                        parse_header(&self.acc, prefix, &self.limits, Some(&self.expected))?;
                         self.acc = Vec::with_capacity(4);
                         self.stage = Stage::FrameLen;
                     }
@@ -523,6 +588,8 @@ mod tests {
                 sequence: 2,
             },
             Ok(Bytes::from_static(b"r")),
+            40,
+            1,
         );
         s.record(
             &ClientSession {
@@ -530,19 +597,21 @@ mod tests {
                 sequence: 1,
             },
             Err(CommandError("no".into())),
+            41,
+            2,
         );
         (meta, s)
     }
 
     fn read_all(data: &[u8], meta: &SnapshotMeta) -> io::Result<(Header, Vec<u8>)> {
-        let (h, mut r) = EnvelopeReader::open(data, Some(meta))?;
+        let (h, mut r) = EnvelopeReader::open(data, &EnvelopeLimits::default(), Some(meta))?;
         let mut out = Vec::new();
         r.read_to_end(&mut out)?;
         Ok((h, out))
     }
 
     fn push_all(data: &[u8], meta: &SnapshotMeta, piece: usize) -> Result<(), String> {
-        let mut v = Verifier::new(meta.clone());
+        let mut v = Verifier::new(meta.clone(), EnvelopeLimits::default());
         for c in data.chunks(piece.max(1)) {
             v.push(c)?;
         }
@@ -563,14 +632,17 @@ mod tests {
             let mut bad = data.clone();
             bad[i] ^= 0x40;
             assert!(read_all(&bad, &meta).is_err(), "reader, byte {i}");
-            assert!(verify(&bad[..], Some(&meta)).is_err(), "verify, byte {i}");
+            assert!(
+                verify(&bad[..], &EnvelopeLimits::default(), Some(&meta)).is_err(),
+                "verify, byte {i}"
+            );
             assert!(push_all(&bad, &meta, 7).is_err(), "verifier, byte {i}");
         }
         let other = SnapshotMeta {
             last_log_id: LogId::new(3, 43),
             ..Default::default()
         };
-        assert!(EnvelopeReader::open(&data[..], Some(&other)).is_err());
+        assert!(EnvelopeReader::open(&data[..], &EnvelopeLimits::default(), Some(&other)).is_err());
         assert!(push_all(&data, &other, 100).is_err());
     }
 
@@ -602,7 +674,8 @@ mod tests {
         let mut data = encode(&meta, &s, &vec![1u8; 2 * FRAME]);
         let n = data.len();
         data[n - 10] ^= 1;
-        let (_, mut r) = EnvelopeReader::open(&data[..], Some(&meta)).unwrap();
+        let (_, mut r) =
+            EnvelopeReader::open(&data[..], &EnvelopeLimits::default(), Some(&meta)).unwrap();
         let mut first = [0u8; 100];
         r.read_exact(&mut first).unwrap();
         assert!(r.finish().unwrap_err().to_string().contains("checksum"));
@@ -622,7 +695,86 @@ mod tests {
         let mut data = b"LSSNAP01".to_vec();
         data.extend_from_slice(&[0u8; 40]);
         let meta = SnapshotMeta::default();
-        let err = EnvelopeReader::open(&data[..], Some(&meta)).err().unwrap();
+        let err = EnvelopeReader::open(&data[..], &EnvelopeLimits::default(), Some(&meta))
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("LSSNAP01"), "{err}");
+    }
+
+    /// A prefix announcing a header of almost 4 GiB, and nothing after it.
+    fn huge_header_prefix() -> Vec<u8> {
+        let mut data = MAGIC.to_vec();
+        data.extend_from_slice(&u32::MAX.to_le_bytes());
+        data.extend_from_slice(&0u32.to_le_bytes());
+        data
+    }
+
+    #[test]
+    fn a_header_longer_than_the_limit_is_refused_before_it_is_buffered() {
+        let meta = SnapshotMeta::default();
+        let mut data = huge_header_prefix();
+        // Some header bytes follow: they must not be collected.
+        data.extend_from_slice(&[0u8; 1000]);
+        let limits = EnvelopeLimits::default();
+        let mut v = Verifier::new(meta.clone(), limits);
+        let err = v.push(&data).unwrap_err();
+        assert!(err.contains("max_snapshot_header_bytes"), "{err}");
+        assert!(v.acc.capacity() < 1 << 20, "nothing was buffered");
+        let err = EnvelopeReader::open(&data[..], &limits, Some(&meta))
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .contains("exceeds the limit of 67108864 bytes"),
+            "{err}"
+        );
+        // The bound is configurable: a small one refuses an ordinary header.
+        let (meta, s) = sample();
+        let ok = encode(&meta, &s, b"x");
+        let tight = EnvelopeLimits {
+            max_header_bytes: 8,
+            ..limits
+        };
+        assert!(verify(&ok[..], &tight, Some(&meta)).is_err());
+        assert!(verify(&ok[..], &limits, Some(&meta)).is_ok());
+    }
+
+    #[test]
+    fn the_previous_format_without_session_indexes_is_still_read() {
+        let (meta, s) = sample();
+        // An LSSNAP02 envelope: the same but without `at` in the session records.
+        let mut h = Vec::new();
+        put_snapshot_meta(&mut h, &meta);
+        h.put_u32_le(s.len() as u32);
+        for (client, seq, _, result) in s.iter() {
+            h.put_u64_le(client);
+            h.put_u64_le(seq);
+            let (ok, body): (u8, &[u8]) = match result {
+                Ok(b) => (1, b),
+                Err(e) => (0, e.0.as_bytes()),
+            };
+            h.put_u8(ok);
+            h.put_u32_le(body.len() as u32);
+            h.put_slice(body);
+        }
+        let mut data = MAGIC_V2.to_vec();
+        data.put_u32_le(h.len() as u32);
+        data.put_u32_le(crc32c::crc32c(&h));
+        data.extend_from_slice(&h);
+        data.put_u32_le(0);
+        let crc = crc32c::crc32c(&data);
+        data.put_u32_le(crc);
+        let header = verify(&data[..], &EnvelopeLimits::default(), Some(&meta)).unwrap();
+        assert_eq!(header.sessions.len(), 2);
+        for (client, seq, _, result) in s.iter() {
+            let session = ClientSession {
+                client_id: client,
+                sequence: seq,
+            };
+            assert_eq!(
+                header.sessions.check(&session),
+                crate::session::SessionCheck::Duplicate(result.clone())
+            );
+        }
     }
 }

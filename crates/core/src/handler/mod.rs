@@ -3,7 +3,7 @@
 //! sessions, tracks the applied index, takes snapshots by [`SnapshotPolicy`], serves them to
 //! lagging followers and installs the leader's (verified before anything is replaced).
 
-mod envelope;
+pub(crate) mod envelope;
 pub mod policy;
 
 pub use self::policy::{
@@ -20,12 +20,12 @@ use tokio::sync::Mutex;
 
 use crate::error::{CommandError, CommandResult, HandlerError, StorageError};
 use crate::membership::MembershipConfig;
-use crate::session::{SessionCheck, SessionTable};
+use crate::session::{SessionCheck, SessionLimits, SessionTable};
 use crate::state_machine::{Command, StateMachine};
 use crate::storage::{
     storage_error_from_io, SnapshotReader, SnapshotStore, SnapshotWriter, StagedSnapshot,
 };
-use crate::types::{Entry, EntryPayload, Index, LogId, SnapshotMeta};
+use crate::types::{ClientSession, Entry, EntryPayload, Index, LogId, SnapshotMeta};
 
 /// Owns the state machine for the runtime. Calls arrive from one task, in log order.
 #[async_trait]
@@ -131,6 +131,8 @@ pub struct DefaultStateMachineHandler {
     installing: StdMutex<Option<LogId>>,
     /// One snapshot build at a time.
     building: Mutex<()>,
+    /// Bounds of snapshot headers and the session table.
+    limits: envelope::EnvelopeLimits,
 }
 
 impl DefaultStateMachineHandler {
@@ -158,6 +160,66 @@ impl DefaultStateMachineHandler {
             incoming: Arc::default(),
             installing: StdMutex::new(None),
             building: Mutex::new(()),
+            limits: envelope::EnvelopeLimits::default(),
+        }
+    }
+
+    /// Bounds the client-session table ([`SessionLimits`]; the defaults otherwise). Every
+    /// node of a cluster must use the same limits: they decide which records are evicted,
+    /// and the table is replicated state.
+    pub fn session_limits(mut self, limits: SessionLimits) -> Self {
+        self.limits.sessions = limits;
+        self.state.get_mut().sessions = SessionTable::new(limits);
+        self
+    }
+
+    /// Largest snapshot header (metadata plus the session table) accepted from a peer or
+    /// read from disk, checked before the header is buffered (64 MiB by default). It must
+    /// exceed the session table's `max_bytes`.
+    pub fn max_snapshot_header_bytes(mut self, bytes: usize) -> Self {
+        self.limits.max_header_bytes = bytes;
+        self
+    }
+
+    /// What a session keeps of a command's result: the result, or, above
+    /// [`SessionLimits::max_result_bytes`], a "no longer available" answer for retries.
+    fn retained(&self, r: &CommandResult) -> (CommandResult, u64) {
+        let len = match r {
+            Ok(b) => b.len(),
+            Err(e) => e.0.len(),
+        };
+        let max = self.limits.sessions.max_result_bytes;
+        if len <= max {
+            return (r.clone(), len as u64);
+        }
+        let gone = Err(CommandError(format!(
+            "result no longer available: the command was applied, but its {len}-byte result \
+             exceeds the {max}-byte limit of what sessions keep (max_result_bytes)"
+        )));
+        let kept = match &gone {
+            Err(e) => e.0.len() as u64,
+            Ok(_) => 0,
+        };
+        (gone, kept)
+    }
+
+    /// The most a session record's result can cost: the cap, or the "no longer available"
+    /// answer that replaces a larger result.
+    fn max_retained_bytes(&self) -> u64 {
+        (self.limits.sessions.max_result_bytes as u64).max(512)
+    }
+
+    /// Records a newly applied command's result in its session.
+    fn remember(&self, st: &mut Applied, s: &ClientSession, at: Index, r: &CommandResult) {
+        let (kept, bytes) = self.retained(r);
+        let evicted = st.sessions.record(s, kept, at, bytes);
+        if evicted > 0 {
+            tracing::debug!(
+                evicted,
+                clients = st.sessions.len(),
+                bytes = st.sessions.bytes(),
+                "session records evicted (least recently used)"
+            );
         }
     }
 
@@ -181,7 +243,8 @@ impl DefaultStateMachineHandler {
         reader: SnapshotReader,
     ) -> Result<envelope::Header, HandlerError> {
         let m = meta.clone();
-        tokio::task::spawn_blocking(move || envelope::verify(reader, Some(&m)))
+        let limits = self.limits;
+        tokio::task::spawn_blocking(move || envelope::verify(reader, &limits, Some(&m)))
             .await
             .map_err(|e| StorageError::Other(format!("snapshot verification task failed: {e}")))?
             .map_err(|e| read_error(meta.last_log_id, e))
@@ -202,8 +265,8 @@ impl DefaultStateMachineHandler {
         reader: SnapshotReader,
     ) -> Result<(), HandlerError> {
         let last = meta.last_log_id;
-        let (header, mut input) =
-            envelope::EnvelopeReader::open(reader, Some(meta)).map_err(|e| read_error(last, e))?;
+        let (header, mut input) = envelope::EnvelopeReader::open(reader, &self.limits, Some(meta))
+            .map_err(|e| read_error(last, e))?;
         self.machine.restore(last, &mut input).await?;
         if let Err(e) = input.finish() {
             // Verified just before: only a change of the data under us gets here.
@@ -275,7 +338,7 @@ impl DefaultStateMachineHandler {
         }
         for (c, r) in chunk.drain(..).zip(results) {
             if let Some(s) = &c.session {
-                st.sessions.record(s, r.clone());
+                self.remember(st, s, c.log_id.index, &r);
             }
             out.push((c.log_id.index, r));
         }
@@ -335,10 +398,15 @@ impl StateMachineHandler for DefaultStateMachineHandler {
                 EntryPayload::Membership(m) => st.membership = m.clone(),
                 EntryPayload::Command { session, data } => {
                     st.bytes_since += data.len() as u64;
+                    // The check must see every earlier command's session record, and the
+                    // evictions recording it causes: flush the batch unless that cannot
+                    // change the answer (identical on every replica, whatever the batches).
                     if session.is_some_and(|s| {
+                        let pending = chunk.iter().filter(|c| c.session.is_some()).count();
                         chunk
                             .iter()
                             .any(|c| c.session.map(|x| x.client_id) == Some(s.client_id))
+                            || !st.sessions.has_room_for(pending, self.max_retained_bytes())
                     }) {
                         self.flush(&mut st, &mut chunk, &mut out).await?;
                     }
@@ -361,7 +429,7 @@ impl StateMachineHandler for DefaultStateMachineHandler {
                                 "applied before a restart; the result was not retained".into(),
                             ));
                             if let Some(s) = session {
-                                st.sessions.record(s, r.clone());
+                                self.remember(&mut st, s, e.log_id.index, &r);
                             }
                             out.push((e.log_id.index, r));
                         }
@@ -493,7 +561,7 @@ impl StateMachineHandler for DefaultStateMachineHandler {
             .map_err(|e| StorageError::Other(format!("snapshot writer task failed: {e}")))??;
         Ok(Some(Box::new(IncomingSink {
             meta: meta.clone(),
-            verifier: envelope::Verifier::new(meta.clone()),
+            verifier: envelope::Verifier::new(meta.clone(), self.limits),
             out,
             slot: self.incoming.clone(),
             failed: false,

@@ -20,6 +20,10 @@ pub struct RuntimeConfig {
     /// [`crate::NodeError::TooLarge`] before they reach the log, so one oversized entry
     /// can never stop the nodes that would have to store it.
     pub max_command_bytes: usize,
+    /// Bytes of messages one peer may have waiting in this node's inbox; a transport
+    /// delivering with [`crate::runtime::NodeInbox::deliver_bounded`] waits (and stops
+    /// reading that peer) while they are spent. A larger message goes through alone.
+    pub peer_inbox_bytes: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -30,6 +34,7 @@ impl Default for RuntimeConfig {
             max_pending_requests: 100_000,
             max_proposal_batch: 4096,
             max_command_bytes: 16 << 20,
+            peer_inbox_bytes: 64 << 20,
         }
     }
 }
@@ -58,6 +63,13 @@ impl RuntimeConfig {
                 "max_command_bytes",
                 self.max_command_bytes.to_string(),
                 "between 1 and 268435456 (256 MiB)",
+            );
+        }
+        if self.peer_inbox_bytes < 64 << 10 || self.peer_inbox_bytes > 1 << 30 {
+            return err(
+                "peer_inbox_bytes",
+                self.peer_inbox_bytes.to_string(),
+                "between 65536 (64 KiB) and 1073741824 (1 GiB)",
             );
         }
         if self.max_proposal_batch == 0 {

@@ -210,7 +210,8 @@ impl Core {
 
     fn handle(&mut self, input: Input, proposals: &mut Vec<Proposal>) -> Flow {
         match input {
-            Input::Peer(m) => self.raft.step(Event::Message(m)),
+            // The permit (if any) is dropped once the protocol took the message.
+            Input::Peer(m, _permit) => self.raft.step(Event::Message(m)),
             Input::Event(e) => {
                 if matches!(e, Event::SnapshotBuilt(_)) {
                     self.building.store(false, Ordering::Release);

@@ -14,8 +14,9 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
 
 /// An input of the core task.
 pub(crate) enum Input {
-    /// A protocol message from a peer.
-    Peer(Message),
+    /// A protocol message from a peer, with the share of its sender's inbox budget it holds
+    /// until processed (see `peer_budget`).
+    Peer(Message, Option<tokio::sync::OwnedSemaphorePermit>),
     /// A client command.
     Propose {
         session: Option<ClientSession>,

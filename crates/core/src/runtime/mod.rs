@@ -20,6 +20,7 @@ mod input;
 mod lease;
 mod log_writer;
 pub mod metrics;
+mod peer_budget;
 mod recovery;
 mod status;
 
@@ -103,6 +104,7 @@ pub struct NodeInbox {
     id: NodeId,
     tx: mpsc::UnboundedSender<Input>,
     handler: Arc<dyn StateMachineHandler>,
+    budget: Arc<peer_budget::PeerBudget>,
 }
 
 impl NodeInbox {
@@ -111,8 +113,30 @@ impl NodeInbox {
         self.id
     }
 
-    /// Delivers a protocol message. Messages for another node are refused.
+    /// Delivers a protocol message at once, outside any budget (for in-process transports,
+    /// whose senders are bounded by the protocol itself). Messages for another node are
+    /// refused.
     pub fn deliver(&self, msg: Message) -> Result<(), NodeError> {
+        self.send(msg, None)
+    }
+
+    /// Delivers a protocol message from a network peer, first waiting until the sender's
+    /// share of the inbox ([`RuntimeConfig::peer_inbox_bytes`]) has room for it: a
+    /// transport that awaits this before reading the next message exerts back-pressure on
+    /// the peer, and no peer can make the inbox grow without bound.
+    pub async fn deliver_bounded(&self, msg: Message) -> Result<(), NodeError> {
+        if msg.to != self.id {
+            return self.send(msg, None);
+        }
+        let permit = self.budget.acquire(&msg).await;
+        self.send(msg, permit)
+    }
+
+    fn send(
+        &self,
+        msg: Message,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<(), NodeError> {
         if msg.to != self.id {
             return Err(NodeError::Stopped(format!(
                 "message for node {} delivered to node {}",
@@ -120,7 +144,7 @@ impl NodeInbox {
             )));
         }
         self.tx
-            .send(Input::Peer(msg))
+            .send(Input::Peer(msg, permit))
             .map_err(|_| NodeError::Stopped("node is not running".into()))
     }
 
@@ -280,6 +304,7 @@ pub struct Node {
     log_thread: LogThread,
     lease: Arc<lease::LeaseCell>,
     metrics: Arc<metrics::NodeMetrics>,
+    budget: Arc<peer_budget::PeerBudget>,
 }
 
 /// The log writer thread, joined by whoever stops the node.
@@ -330,6 +355,7 @@ impl Node {
         let (tx, rx) = mpsc::unbounded_channel();
         let (log_tx, log_rx) = mpsc::unbounded_channel();
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
+        let budget = Arc::new(peer_budget::PeerBudget::new(runtime.peer_inbox_bytes));
         let killed = Arc::new(AtomicBool::new(false));
         let node_metrics = Arc::new(metrics::NodeMetrics::new(id));
         // Every task of the node, snapshot builds included: a crash aborts and awaits them
@@ -415,6 +441,7 @@ impl Node {
             log_thread,
             lease,
             metrics: node_metrics,
+            budget,
         })
     }
 
@@ -429,6 +456,7 @@ impl Node {
             id: self.id,
             tx: self.tx.clone(),
             handler: self.handler.clone(),
+            budget: self.budget.clone(),
         }
     }
 

@@ -114,7 +114,7 @@ impl KvState {
                 }
                 let ret = self.execute(cmd);
                 if let Some(s) = session {
-                    self.sessions.record(s, ret.clone());
+                    self.sessions.record(s, ret.clone(), entry.log_id.index, 16);
                 }
                 Some(ret)
             }

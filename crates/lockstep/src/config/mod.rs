@@ -46,7 +46,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lockstep_core::runtime::RuntimeConfig;
-use lockstep_core::{NodeId, RaftConfig};
+use lockstep_core::{NodeId, RaftConfig, SessionLimits};
 use serde::Deserialize;
 
 /// A configuration that cannot be used.
@@ -176,6 +176,8 @@ pub struct RuntimeSection {
     pub max_pending_requests: usize,
     /// Largest command or query in bytes.
     pub max_command_bytes: usize,
+    /// Bytes of messages one peer may have waiting in this node's inbox (back-pressure).
+    pub peer_inbox_bytes: usize,
 }
 
 impl Default for RuntimeSection {
@@ -186,6 +188,43 @@ impl Default for RuntimeSection {
             request_timeout_ms: d.request_timeout.as_millis() as u64,
             max_pending_requests: d.max_pending_requests,
             max_command_bytes: d.max_command_bytes,
+            peer_inbox_bytes: d.peer_inbox_bytes,
+        }
+    }
+}
+
+/// Bounds of the client-session table (exactly-once retries). Replicated state: every node
+/// of a cluster must use the same values.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsSection {
+    /// Clients with a record; more evict the least recently used.
+    pub max_clients: usize,
+    /// Bytes of all records; more evict the least recently used.
+    pub max_bytes: u64,
+    /// Results larger than this are not kept (a retry is answered "result no longer
+    /// available", never applied twice).
+    pub max_result_bytes: usize,
+}
+
+impl Default for SessionsSection {
+    fn default() -> Self {
+        let d = SessionLimits::default();
+        Self {
+            max_clients: d.max_clients,
+            max_bytes: d.max_bytes,
+            max_result_bytes: d.max_result_bytes,
+        }
+    }
+}
+
+impl SessionsSection {
+    /// The limits this describes.
+    pub fn limits(&self) -> SessionLimits {
+        SessionLimits {
+            max_clients: self.max_clients,
+            max_bytes: self.max_bytes,
+            max_result_bytes: self.max_result_bytes,
         }
     }
 }
@@ -202,6 +241,9 @@ pub struct SnapshotSection {
     pub every_seconds: u64,
     /// Snapshots kept on disk.
     pub keep: usize,
+    /// Largest snapshot header (metadata and session table) read or received, checked
+    /// before it is buffered; must exceed `sessions.max_bytes`.
+    pub max_header_bytes: usize,
 }
 
 impl Default for SnapshotSection {
@@ -211,6 +253,7 @@ impl Default for SnapshotSection {
             every_bytes: 64 << 20,
             every_seconds: 0,
             keep: 2,
+            max_header_bytes: 64 << 20,
         }
     }
 }
@@ -264,6 +307,9 @@ pub struct Config {
     /// Snapshot policy.
     #[serde(default)]
     pub snapshot: SnapshotSection,
+    /// Bounds of the client-session table.
+    #[serde(default)]
+    pub sessions: SessionsSection,
     /// TLS; absent means plain-text connections.
     #[serde(default)]
     pub tls: Option<TlsSection>,
@@ -349,6 +395,10 @@ const ENV_KEYS: &[&str] = &[
     "runtime.request_timeout_ms",
     "runtime.max_pending_requests",
     "runtime.max_command_bytes",
+    "runtime.peer_inbox_bytes",
+    "sessions.max_clients",
+    "sessions.max_bytes",
+    "sessions.max_result_bytes",
     "tls.cert",
     "tls.key",
     "tls.ca",
@@ -357,6 +407,7 @@ const ENV_KEYS: &[&str] = &[
     "snapshot.every_bytes",
     "snapshot.every_seconds",
     "snapshot.keep",
+    "snapshot.max_header_bytes",
     "metrics.listen",
     "metrics.ready_max_lag",
     "peer_secret_file",
@@ -394,6 +445,7 @@ impl Config {
             raft: RaftSection::default(),
             runtime: RuntimeSection::default(),
             snapshot: SnapshotSection::default(),
+            sessions: SessionsSection::default(),
             tls: None,
             metrics: None,
             peer_secret_file: None,
@@ -540,6 +592,34 @@ impl Config {
                 "at least 2 (the snapshot the log store names is kept until a newer one is recorded)",
             ));
         }
+        if self.sessions.max_clients == 0 {
+            return Err(invalid("sessions.max_clients", 0, "at least 1"));
+        }
+        if self.sessions.max_bytes < SessionLimits::RECORD_OVERHEAD {
+            return Err(invalid(
+                "sessions.max_bytes",
+                self.sessions.max_bytes,
+                format!("at least {}", SessionLimits::RECORD_OVERHEAD),
+            ));
+        }
+        let header_floor = self
+            .sessions
+            .max_bytes
+            .saturating_add(self.sessions.max_result_bytes as u64)
+            .saturating_add(1 << 20);
+        if (self.snapshot.max_header_bytes as u64) < header_floor
+            || self.snapshot.max_header_bytes > u32::MAX as usize
+        {
+            return Err(invalid(
+                "snapshot.max_header_bytes",
+                self.snapshot.max_header_bytes,
+                format!(
+                    "between {header_floor} (sessions.max_bytes + sessions.max_result_bytes + 1 MiB, \
+                     so a full session table fits) and {}",
+                    u32::MAX
+                ),
+            ));
+        }
         self.raft_config()
             .validate()
             .map_err(|e| ConfigError::Invalid {
@@ -587,6 +667,7 @@ impl Config {
             request_timeout: Duration::from_millis(self.runtime.request_timeout_ms),
             max_pending_requests: self.runtime.max_pending_requests,
             max_command_bytes: self.runtime.max_command_bytes,
+            peer_inbox_bytes: self.runtime.peer_inbox_bytes,
             ..RuntimeConfig::default()
         }
     }

@@ -27,6 +27,8 @@ fn a_minimal_file_parses_with_defaults() {
     assert_eq!(c.raft, RaftSection::default());
     assert_eq!(c.raft_config().id, 2);
     assert_eq!(c.runtime_config().tick, Duration::from_millis(10));
+    assert_eq!(c.sessions.limits(), lockstep_core::SessionLimits::default());
+    assert_eq!(c.runtime_config().peer_inbox_bytes, 64 << 20);
 }
 
 #[test]
@@ -58,6 +60,16 @@ fn a_bad_value_names_its_key_and_the_accepted_range() {
         ("[runtime]\ntick_ms = 0", "runtime.tick_ms"),
         ("[snapshot]\nkeep = 1", "snapshot.keep"),
         ("[bootstrap]\nvoters = [7, 8]", "bootstrap.voters"),
+        ("[sessions]\nmax_clients = 0", "sessions.max_clients"),
+        ("[sessions]\nmax_bytes = 1", "sessions.max_bytes"),
+        (
+            "[sessions]\nmax_bytes = 100000000\n[snapshot]\nmax_header_bytes = 67108864",
+            "snapshot.max_header_bytes",
+        ),
+        (
+            "[runtime]\npeer_inbox_bytes = 10",
+            "runtime.peer_inbox_bytes",
+        ),
     ];
     for (extra, key) in cases {
         let text = format!("node_id = 1\ndata_dir = \"d\"\n{extra}");
@@ -116,4 +128,46 @@ fn file_storage_needs_a_data_directory() {
     let err = Config::parse("node_id = 1", "test", no_env).unwrap_err();
     assert!(err.to_string().contains("data_dir"), "{err}");
     Config::parse("node_id = 1\nstorage = \"memory\"", "test", no_env).unwrap();
+}
+
+/// The `export LOCKSTEP_...` lines of docs/configuration.md, as (name, value) with the
+/// shell quotes removed and comments cut.
+fn documented_exports() -> Vec<(String, String)> {
+    let doc = include_str!("../../../../docs/configuration.md");
+    doc.lines()
+        .filter_map(|l| l.trim().strip_prefix("export "))
+        .map(|l| {
+            let l = match l.find(" #") {
+                Some(i) => &l[..i],
+                None => l,
+            };
+            let (k, v) = l.split_once('=').expect("NAME=VALUE");
+            (k.trim().to_string(), v.trim().trim_matches('"').to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_documented_environment_variables_apply_as_documented() {
+    let vars = documented_exports();
+    assert!(vars.len() >= 5, "found {vars:?}");
+    let c = Config::parse("", "test", |k| {
+        vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    })
+    .unwrap();
+    assert_eq!(c.node_id, 2);
+    assert_eq!(c.raft.election_ticks, 20);
+    assert_eq!(c.storage, StorageKind::Memory);
+    assert_eq!(c.cluster_id, "2024");
+    assert_eq!(c.peers.len(), 3);
+    assert_eq!(
+        c.bootstrap.as_ref().map(|b| b.voters.clone()),
+        Some(vec![1, 2, 3])
+    );
+    for (name, _) in &vars {
+        assert!(
+            ENV_KEYS.iter().any(|k| env_name(k) == *name) || name == "LOCKSTEP_PEERS",
+            "{name} is not a configuration variable"
+        );
+    }
 }

@@ -54,6 +54,15 @@ pub fn config(id: NodeId, tls: Option<TlsConfig>) -> GrpcConfig {
 
 /// Starts a node with `cfg` (peers as given there).
 pub async fn start_node(cfg: GrpcConfig, bootstrap: Option<MembershipConfig>) -> TestNode {
+    start_node_with(cfg, bootstrap, |_| {}).await
+}
+
+/// As [`start_node`], with `raft` adjusting the node's protocol settings.
+pub async fn start_node_with(
+    cfg: GrpcConfig,
+    bootstrap: Option<MembershipConfig>,
+    raft: impl FnOnce(&mut RaftConfig),
+) -> TestNode {
     let id = cfg.node_id;
     let transport = GrpcTransport::new(cfg.clone()).expect("transport");
     let machine = Arc::new(KvStateMachine::new());
@@ -63,10 +72,14 @@ pub async fn start_node(cfg: GrpcConfig, bootstrap: Option<MembershipConfig>) ->
         EntriesSince(50),
     );
     let node = Node::start(NodeParts {
-        raft: RaftConfig {
-            id,
-            purge_keep_entries: 10,
-            ..RaftConfig::default()
+        raft: {
+            let mut r = RaftConfig {
+                id,
+                purge_keep_entries: 10,
+                ..RaftConfig::default()
+            };
+            raft(&mut r);
+            r
         },
         runtime: RuntimeConfig {
             tick: Duration::from_millis(10),
@@ -91,6 +104,18 @@ pub async fn start_node(cfg: GrpcConfig, bootstrap: Option<MembershipConfig>) ->
         transport,
         server: Some(server),
         machine,
+    }
+}
+
+/// Introduces every node to every other.
+pub fn connect_all(nodes: &[TestNode]) {
+    let book: BTreeMap<NodeId, String> = nodes.iter().map(|n| (n.id, n.addr_string())).collect();
+    for n in nodes {
+        for (id, addr) in &book {
+            if *id != n.id {
+                n.transport.add_peer(*id, addr.clone()).expect("add peer");
+            }
+        }
     }
 }
 
@@ -138,4 +163,26 @@ pub async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bo
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Starts the founding voters `ids` over TLS, each with its node certificate from `certs`,
+/// and introduces them to each other. Elections are slow (50 ticks), so that a test that
+/// checks a term did not change is not disturbed by an election of its own.
+pub async fn tls_cluster(
+    certs: &lockstep_transport_grpc::certs::ClusterCerts,
+    ids: &[NodeId],
+    require_client_cert: bool,
+) -> Vec<TestNode> {
+    let mut nodes = Vec::new();
+    for &id in ids {
+        let tls = certs
+            .node_tls(id, require_client_cert)
+            .expect("a certificate for every node");
+        let boot = MembershipConfig::new_voters(ids.iter().copied());
+        nodes.push(
+            start_node_with(config(id, Some(tls)), Some(boot), |r| r.election_ticks = 50).await,
+        );
+    }
+    connect_all(&nodes);
+    nodes
 }
