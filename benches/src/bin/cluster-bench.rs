@@ -3,13 +3,16 @@
 //! ```text
 //! cluster-bench [--quick] [--modes cluster,remote,framework] [--backends file,rocksdb,sled]
 //!               [--out DIR] [--limit-secs N] [--scale F] [--workloads ID,..]
+//!               [--snapshot-state-mib N]   (writes-during-snapshot: state loaded, 1024 × scale)
 //!               [--framework-clients 1,100,1024,4096] [--framework-ops N] [--framework-ops-single N]
 //!               [--metrics]   (every node serves [metrics]: to measure the cost of metrics)
 //! cluster-bench node --config FILE    (a node process; the benchmark starts these itself)
 //! ```
 //!
 //! Workload ids: single-client-write, concurrent-write, linearizable-read, lease-read,
-//! eventual-read, hot-key (reads need a write workload before them).
+//! eventual-read, hot-key (reads need a write workload before them), and
+//! writes-during-snapshot (cluster mode only, on a fresh cluster per backend: load a large
+//! state, then concurrent writes without and during a snapshot).
 //!
 //! Prints a markdown table, writes `DIR/run-TIME-KIND.json` and two PNG charts next to it
 //! (DIR defaults to `$CARGO_TARGET_DIR/bench` or `target/bench`), and exits with an error if
@@ -19,7 +22,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lockstep_benches::cluster::{chart, modes, report};
+use lockstep_benches::cluster::{chart, modes, report, snapshot};
 
 fn flag(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -101,6 +104,11 @@ async fn bench(args: &[String]) -> Result<(), String> {
             if quick { 2_000 } else { 100_000 },
         )?,
         metrics: args.iter().any(|a| a == "--metrics"),
+        snapshot_state_mib: 0.0,
+    };
+    let settings = modes::Settings {
+        snapshot_state_mib: parse(args, "--snapshot-state-mib", 1024.0 * settings.scale)?,
+        ..settings
     };
     for m in &modes_list {
         if !["cluster", "remote", "framework"].contains(&m.as_str()) {
@@ -122,6 +130,11 @@ async fn bench(args: &[String]) -> Result<(), String> {
                 for b in &backends {
                     rows.extend(modes::cluster(b, true, &settings).await?);
                 }
+                if snapshot::selected(&settings) {
+                    for b in &backends {
+                        rows.extend(snapshot::run(b, &settings).await?);
+                    }
+                }
             }
             // The remote variant runs on the first backend named.
             "remote" => rows.extend(modes::cluster(&backends[0], false, &settings).await?),
@@ -130,6 +143,10 @@ async fn bench(args: &[String]) -> Result<(), String> {
     }
     let _ = std::fs::remove_dir_all(&settings.base);
     println!("{}", report::markdown(&rows));
+    let snapshots = report::snapshot_markdown(&rows);
+    if !snapshots.is_empty() {
+        println!("Writes during snapshot:\n\n{snapshots}");
+    }
     let stem = format!("run-{started}-{}", if quick { "quick" } else { "full" });
     let options = args.join(" ");
     let run = report::Run {

@@ -8,10 +8,14 @@
 //!   process talking gRPC (a remote application's view).
 //! - **framework**: 3 nodes in this process, in-memory log and state machine, channel
 //!   transport, empty commands: what lockstep itself costs.
+//!
+//! Cluster mode also runs [`snapshot`]'s "writes during snapshot" workload, on a cluster of
+//! its own per backend.
 
 pub mod chart;
 pub mod memory;
 pub mod modes;
 pub mod report;
+pub mod snapshot;
 pub mod target;
 pub mod workload;

@@ -39,6 +39,9 @@ pub struct Settings {
     pub framework_ops_single: usize,
     /// Every node serves `[metrics]` (Prometheus recorder installed): to measure its cost.
     pub metrics: bool,
+    /// "Writes during snapshot": MiB of state loaded before the two phases (the default
+    /// is 1024 × `scale`).
+    pub snapshot_state_mib: f64,
 }
 
 /// Settings every benchmark node gets: an election timeout of 300-600 ms (30 ticks of
@@ -50,7 +53,7 @@ const NODE_SETTINGS: &str = "[raft]\nelection_ticks = 30\n";
 /// Clients of the remote mode (one per concurrent worker).
 const REMOTE_CLIENTS: usize = 100;
 
-fn measure(pids: &[(u64, u32)]) -> Vec<NodeMemory> {
+pub(crate) fn measure(pids: &[(u64, u32)]) -> Vec<NodeMemory> {
     pids.iter()
         .filter_map(|(node, pid)| {
             Some(NodeMemory {
@@ -61,7 +64,7 @@ fn measure(pids: &[(u64, u32)]) -> Vec<NodeMemory> {
         .collect()
 }
 
-async fn run_all(
+pub(crate) async fn run_all(
     target: &Target,
     mode: &str,
     backend: &str,
@@ -115,14 +118,37 @@ async fn settle_leader(admin: &Client, local: Option<&RunningNode>) -> Result<()
     }
 }
 
-/// Runs the standard workloads on 3 node processes with `backend` storage: with the clients
-/// embedded in node 1's process (`embedded`, mode "cluster") or as gRPC clients of a
-/// cluster of 3 separate processes (mode "remote").
-pub async fn cluster(backend: &str, embedded: bool, s: &Settings) -> Result<Vec<Row>, String> {
-    let mode = if embedded { "cluster" } else { "remote" };
-    eprintln!("\n{mode} mode, {backend} storage");
+/// A started 3-node cluster and what the clients talk to.
+pub(crate) struct Started {
+    procs: ProcessCluster,
+    /// Node 1, in this process (cluster mode).
+    pub(crate) local: Option<RunningNode>,
+    pub(crate) target: Target,
+    /// Node id and OS process of every node.
+    pub(crate) pids: Vec<(u64, u32)>,
+}
+
+impl Started {
+    /// Shuts node 1 down (if it runs here) and kills the node processes.
+    pub(crate) async fn stop(self) {
+        if let Some(n) = self.local {
+            let _ = n.shutdown().await;
+        }
+        drop(self.procs);
+    }
+}
+
+/// Starts 3 nodes with `backend` storage, [`NODE_SETTINGS`] and `extra` TOML in every
+/// config: node 1 in this process, made leader, when `embedded`; clients connected.
+pub(crate) async fn start(
+    backend: &str,
+    embedded: bool,
+    extra: &str,
+    s: &Settings,
+) -> Result<Started, String> {
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
-    let mut procs = ProcessCluster::prepare(exe, 3, backend, NODE_SETTINGS, &s.base)
+    let settings = format!("{NODE_SETTINGS}{extra}");
+    let mut procs = ProcessCluster::prepare(exe, 3, backend, &settings, &s.base)
         .map_err(|e| format!("preparing the cluster under {}: {e}", s.base.display()))?;
     if s.metrics {
         for id in 1..=3 {
@@ -149,7 +175,7 @@ pub async fn cluster(backend: &str, embedded: bool, s: &Settings) -> Result<Vec<
     } else {
         None
     };
-    let result = async {
+    let connected = async {
         let admin = procs.client().await?;
         settle_leader(&admin, local.as_ref()).await?;
         let target = match &local {
@@ -168,40 +194,56 @@ pub async fn cluster(backend: &str, embedded: bool, s: &Settings) -> Result<Vec<
                 Target::Remote(Arc::from(clients))
             }
         };
-        let pids: Vec<(u64, u32)> = (1..=3u64)
-            .filter_map(|id| match (&local, id) {
-                (Some(_), 1) => Some((1, std::process::id())),
-                _ => procs.pid(id).map(|p| (id, p)),
-            })
-            .collect();
-        // Warm-up: connections, caches, the first log segment.
-        let warm = Workload {
-            kind: Kind::ConcurrentWrite,
-            clients: 10,
-            ops: 1000,
-        };
-        workload::run(&target, &warm, 0, s.limit).await;
-        Ok::<_, String>(
-            run_all(
-                &target,
-                mode,
-                backend,
-                &workload::standard(s.scale)
-                    .into_iter()
-                    .filter(|w| s.only.is_empty() || s.only.iter().any(|o| *o == w.kind.id()))
-                    .collect::<Vec<_>>(),
-                &pids,
-                s,
-            )
-            .await,
-        )
+        Ok::<_, String>(target)
     }
     .await;
-    if let Some(n) = local {
-        let _ = n.shutdown().await;
+    let target = match connected {
+        Ok(t) => t,
+        Err(e) => {
+            if let Some(n) = local {
+                let _ = n.shutdown().await;
+            }
+            return Err(e);
+        }
+    };
+    let pids: Vec<(u64, u32)> = (1..=3u64)
+        .filter_map(|id| match (&local, id) {
+            (Some(_), 1) => Some((1, std::process::id())),
+            _ => procs.pid(id).map(|p| (id, p)),
+        })
+        .collect();
+    Ok(Started {
+        procs,
+        local,
+        target,
+        pids,
+    })
+}
+
+/// Runs the standard workloads on 3 node processes with `backend` storage: with the clients
+/// embedded in node 1's process (`embedded`, mode "cluster") or as gRPC clients of a
+/// cluster of 3 separate processes (mode "remote"). Nothing if `s.only` selects none.
+pub async fn cluster(backend: &str, embedded: bool, s: &Settings) -> Result<Vec<Row>, String> {
+    let mode = if embedded { "cluster" } else { "remote" };
+    let workloads: Vec<Workload> = workload::standard(s.scale)
+        .into_iter()
+        .filter(|w| s.only.is_empty() || s.only.iter().any(|o| *o == w.kind.id()))
+        .collect();
+    if workloads.is_empty() {
+        return Ok(Vec::new());
     }
-    drop(procs);
-    result
+    eprintln!("\n{mode} mode, {backend} storage");
+    let c = start(backend, embedded, "", s).await?;
+    // Warm-up: connections, caches, the first log segment.
+    let warm = Workload {
+        kind: Kind::ConcurrentWrite,
+        clients: 10,
+        ops: 1000,
+    };
+    workload::run(&c.target, &warm, 0, s.limit).await;
+    let rows = run_all(&c.target, mode, backend, &workloads, &c.pids, s).await;
+    c.stop().await;
+    Ok(rows)
 }
 
 /// Answers every command with nothing: the framework mode's state machine (the full async

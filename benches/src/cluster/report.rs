@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::workload::{Sample, Workload};
+use super::snapshot::SnapshotDetails;
+use super::workload::{Kind, Sample, Workload};
 
 /// Peak resident memory of one node process during a workload.
 #[derive(Clone, Debug, Serialize)]
@@ -50,6 +51,9 @@ pub struct Row {
     pub memory: Vec<NodeMemory>,
     /// The first failure, if any.
     pub first_error: Option<String>,
+    /// "Writes during snapshot" rows: the state's size, the load and the snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotDetails>,
 }
 
 fn percentile_us(sorted_ns: &[u64], p: f64) -> f64 {
@@ -92,6 +96,7 @@ impl Row {
             p999_us: percentile_us(l, 0.999),
             memory,
             first_error: s.first_error.clone(),
+            snapshot: None,
         }
     }
 
@@ -145,6 +150,50 @@ pub fn markdown(rows: &[Row]) -> String {
             r.p999_us,
             failed,
             rss.join(", ")
+        ));
+    }
+    s
+}
+
+/// The "writes during snapshot" rows as a markdown table: per backend, the writes without
+/// and during a snapshot side by side, and the ratio of their p99 (target: at most 2).
+/// Empty if the run has no such rows.
+pub fn snapshot_markdown(rows: &[Row]) -> String {
+    let find = |backend: &str, kind: Kind| {
+        rows.iter()
+            .find(|r| r.backend == backend && r.workload == kind.name() && r.snapshot.is_some())
+    };
+    let mut backends: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.snapshot.is_some())
+        .map(|r| r.backend.as_str())
+        .collect();
+    backends.dedup();
+    if backends.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "| backend | state MiB | snapshot s | no snapshot: ops/s, p50, p99 µs | during snapshot: ops/s, p50, p99 µs | p99 ratio |\n|---|---:|---:|---|---|---:|\n",
+    );
+    for b in backends {
+        let (Some(q), Some(d)) = (
+            find(b, Kind::WriteNoSnapshot),
+            find(b, Kind::WriteDuringSnapshot),
+        ) else {
+            continue;
+        };
+        let det = d.snapshot.as_ref();
+        s.push_str(&format!(
+            "| {b} | {:.0} | {:.2} | {:.0}, {:.0}, {:.0} | {:.0}, {:.0}, {:.0} | {:.2} |\n",
+            det.map_or(0.0, |x| x.state_mib),
+            det.and_then(|x| x.snapshot_secs).unwrap_or(0.0),
+            q.ops_per_sec,
+            q.p50_us,
+            q.p99_us,
+            d.ops_per_sec,
+            d.p50_us,
+            d.p99_us,
+            d.p99_us / q.p99_us.max(1e-9),
         ));
     }
     s

@@ -1,7 +1,7 @@
 //! The standard workloads of the cluster benchmark, and the loop that runs one against a
 //! [`Target`] with many concurrent clients.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,12 @@ pub enum Kind {
     HotKey,
     /// Framework mode: empty commands (no key, no value) to an in-memory cluster.
     EmptyWrite,
+    /// "Writes during snapshot", first phase: many clients writing new keys over a large
+    /// state, no snapshot being built.
+    WriteNoSnapshot,
+    /// "Writes during snapshot", second phase: the same while the leader builds a
+    /// snapshot of the whole state.
+    WriteDuringSnapshot,
 }
 
 impl Kind {
@@ -49,6 +55,8 @@ impl Kind {
             Kind::EventualRead => "eventual read",
             Kind::HotKey => "hot key",
             Kind::EmptyWrite => "write (empty)",
+            Kind::WriteNoSnapshot => "write, no snapshot",
+            Kind::WriteDuringSnapshot => "write during snapshot",
         }
     }
 
@@ -62,6 +70,8 @@ impl Kind {
             Kind::EventualRead => "eventual-read",
             Kind::HotKey => "hot-key",
             Kind::EmptyWrite => "empty-write",
+            Kind::WriteNoSnapshot => "write-no-snapshot",
+            Kind::WriteDuringSnapshot => "write-during-snapshot",
         }
     }
 
@@ -69,7 +79,11 @@ impl Kind {
     pub fn writes(self) -> bool {
         matches!(
             self,
-            Kind::SingleClientWrite | Kind::ConcurrentWrite | Kind::EmptyWrite
+            Kind::SingleClientWrite
+                | Kind::ConcurrentWrite
+                | Kind::EmptyWrite
+                | Kind::WriteNoSnapshot
+                | Kind::WriteDuringSnapshot
         )
     }
 }
@@ -125,6 +139,8 @@ struct Ops {
     value: Bytes,
     /// Keys written before this workload (reads pick among them).
     written: usize,
+    /// Writes put key `key_offset + i` (reads ignore it).
+    key_offset: usize,
 }
 
 impl Ops {
@@ -140,9 +156,12 @@ impl Ops {
             }
         };
         match self.kind {
-            Kind::SingleClientWrite | Kind::ConcurrentWrite => {
+            Kind::SingleClientWrite
+            | Kind::ConcurrentWrite
+            | Kind::WriteNoSnapshot
+            | Kind::WriteDuringSnapshot => {
                 let cmd = KvCommand::Put {
-                    key: key(i),
+                    key: key(self.key_offset + i),
                     value: self.value.clone(),
                 };
                 target.propose(worker, cmd.encode()).await.map(drop)
@@ -160,24 +179,58 @@ impl Ops {
 /// counter until `w.ops` are done or `limit` has passed. `written` is the number of keys
 /// written earlier in the run (reads pick among them; must be positive for reads).
 pub async fn run(target: &Target, w: &Workload, written: usize, limit: Duration) -> Sample {
+    run_with(target, w, written, limit, &Extra::default()).await
+}
+
+/// What [`run_with`] adds to [`run`].
+#[derive(Clone, Debug, Default)]
+pub struct Extra {
+    /// Clients stop taking operations once this is set (the operations not started are
+    /// then not counted as "not run").
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Writes put key `key_offset + i` instead of `i`.
+    pub key_offset: usize,
+    /// Bytes of each value written (0: [`VALUE_BYTES`]).
+    pub value_bytes: usize,
+}
+
+/// [`run`], with a stop flag, a key offset and a value size.
+pub async fn run_with(
+    target: &Target,
+    w: &Workload,
+    written: usize,
+    limit: Duration,
+    extra: &Extra,
+) -> Sample {
+    let value_bytes = if extra.value_bytes == 0 {
+        VALUE_BYTES
+    } else {
+        extra.value_bytes
+    };
     let ops = Arc::new(Ops {
         kind: w.kind,
-        value: Bytes::from(vec![b'v'; VALUE_BYTES]),
+        value: Bytes::from(vec![b'v'; value_bytes]),
         written: written.max(HOT_KEYS),
+        key_offset: extra.key_offset,
     });
+    let stop = extra.stop.clone();
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let deadline = start + limit;
     let tasks: Vec<_> = (0..w.clients)
         .map(|worker| {
-            let (ops, next, target) = (ops.clone(), next.clone(), target.clone());
+            let (ops, next, target, stop) =
+                (ops.clone(), next.clone(), target.clone(), stop.clone());
             let (total, clients) = (w.ops, w.clients);
             tokio::spawn(async move {
                 let mut lat = Vec::with_capacity(total / clients + 1);
                 let (mut failed, mut first_error) = (0, None);
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= total || Instant::now() > deadline {
+                    if i >= total
+                        || Instant::now() > deadline
+                        || stop.as_ref().is_some_and(|s| s.load(Ordering::Acquire))
+                    {
                         break;
                     }
                     let t = Instant::now();
@@ -218,9 +271,16 @@ pub async fn run(target: &Target, w: &Workload, written: usize, limit: Duration)
         }
     }
     sample.elapsed = start.elapsed();
-    sample.not_run = w
-        .ops
-        .saturating_sub(sample.latencies_ns.len() + sample.failed);
+    let stopped = extra
+        .stop
+        .as_ref()
+        .is_some_and(|s| s.load(Ordering::Acquire));
+    sample.not_run = if stopped {
+        0
+    } else {
+        w.ops
+            .saturating_sub(sample.latencies_ns.len() + sample.failed)
+    };
     sample.latencies_ns.sort_unstable();
     sample
 }

@@ -225,7 +225,9 @@ impl NodeBuilder {
                 };
                 Arc::new(
                     DefaultStateMachineHandler::new(machine, snapshots, policy)
-                        .keep_snapshots(self.config.snapshot.keep),
+                        .keep_snapshots(self.config.snapshot.keep)
+                        .session_limits(self.config.sessions.limits())
+                        .max_snapshot_header_bytes(self.config.snapshot.max_header_bytes),
                 )
             }
         };
@@ -290,6 +292,7 @@ impl NodeBuilder {
         };
         Ok(RunningNode {
             node,
+            request_timeout: self.config.runtime_config().request_timeout,
             server,
             _dir_lock: dir_lock,
             #[cfg(feature = "grpc")]
@@ -488,6 +491,8 @@ struct Server {
 /// A started node. Dereferences to [`Node`] for every operation.
 pub struct RunningNode {
     node: Node,
+    /// Deadline of a [`crate::NodeClient`] request.
+    request_timeout: std::time::Duration,
     #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
     server: Option<Server>,
     /// The data directory's lock, released when the node is dropped.
@@ -501,6 +506,20 @@ impl RunningNode {
     /// The node handle.
     pub fn node(&self) -> &Node {
         &self.node
+    }
+
+    /// A client that proposes and reads through this node whichever role it has: on a
+    /// follower, requests go to the leader over gRPC (feature `grpc`), under client
+    /// sessions so a retried proposal is applied at most once. Without a network
+    /// transport, a follower's requests wait for this node to lead, then fail with
+    /// `NotLeader`.
+    pub fn client(&self) -> crate::NodeClient {
+        crate::NodeClient::new(
+            self.node.clone(),
+            self.request_timeout,
+            #[cfg(feature = "grpc")]
+            self.server.as_ref().map(|s| s.transport.clone()),
+        )
     }
 
     /// The address the gRPC server listens on (feature `grpc`; with `listen` port 0, the

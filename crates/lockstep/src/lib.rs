@@ -34,6 +34,7 @@ pub mod data_dir;
 mod doc_tests;
 #[cfg(feature = "grpc")]
 pub mod network;
+pub mod node_client;
 #[cfg(feature = "grpc")]
 pub mod observe;
 #[cfg(all(feature = "testing", feature = "grpc"))]
@@ -41,6 +42,7 @@ pub mod processes;
 
 pub use builder::{BuildError, NodeBuilder, RunningNode};
 pub use config::{BootstrapConfig, Config, ConfigError, MetricsSection, StorageKind};
+pub use node_client::{NodeClient, NodeClientError};
 
 pub use lockstep_core::handler::{
     BytesSince, DefaultStateMachineHandler, EntriesSince, Never, SnapshotPolicy, SnapshotPolicyExt,

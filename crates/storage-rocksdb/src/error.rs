@@ -51,6 +51,14 @@ pub enum RocksStoreError {
         /// Why.
         detail: String,
     },
+    /// The thread of a [`crate::RocksKvView`] failed before its snapshot was taken.
+    #[error("the snapshot view thread of {} failed: {detail}", path.display())]
+    ViewThread {
+        /// The database directory.
+        path: PathBuf,
+        /// What happened.
+        detail: String,
+    },
     /// The store failed a sync earlier and refuses further use (fail-stop).
     #[error("the store in {} failed a sync earlier and can no longer be used", path.display())]
     Failed {
@@ -121,7 +129,9 @@ impl From<RocksStoreError> for StorageError {
             RocksStoreError::Incompatible { path, detail } => {
                 StorageError::Incompatible(format!("{}: {detail}", path.display()))
             }
-            e @ RocksStoreError::Failed { .. } => StorageError::Other(e.to_string()),
+            e @ (RocksStoreError::Failed { .. } | RocksStoreError::ViewThread { .. }) => {
+                StorageError::Other(e.to_string())
+            }
         }
     }
 }

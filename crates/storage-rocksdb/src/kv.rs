@@ -10,18 +10,20 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use async_trait::async_trait;
 use bytes::Bytes;
 use lockstep_core::error::{CommandError, CommandResult, StateMachineError, StorageError};
+use lockstep_core::state_machine::SnapshotView;
 use lockstep_core::state_machine::{KvCommand, KvQuery, KvResponse};
 use lockstep_core::storage::read_full;
 use lockstep_core::{Command, LogId, StateMachine};
 use rocksdb::{
     BoundColumnFamily, ColumnFamilyDescriptor, DBRecoveryMode, DBWithThreadMode, MultiThreaded,
-    Options, ReadOptions, WriteBatch, WriteOptions,
+    Options, ReadOptions, SnapshotWithThreadMode, WriteBatch, WriteOptions,
 };
 
 use crate::error::{Result, RocksStoreError};
+use crate::kv_view::RocksKvView;
 use crate::util::{inspect_dir, seal, u64_le, unseal, DirState};
 
-type Db = DBWithThreadMode<MultiThreaded>;
+pub(crate) type Db = DBWithThreadMode<MultiThreaded>;
 
 /// Column family of the state machine's metadata: format marker (`format`), active data
 /// generation (`generation`), number of keys (`count`) and last applied entry
@@ -99,12 +101,16 @@ struct State {
 /// - [`StateMachine::snapshot`] iterates a RocksDB snapshot (a consistent point-in-time
 ///   view) and streams it to the writer in 64 KiB pieces: applies go on meanwhile, and
 ///   memory stays bounded whatever the state's size;
+/// - [`StateMachine::snapshot_view`] ([`RocksKvStateMachine::view`]) takes that RocksDB
+///   snapshot *now* and streams it later from a thread of its own ([`RocksKvView`]): the
+///   handler takes the view while applies wait and writes it while they go on;
 /// - [`StateMachine::restore`] streams the snapshot into a new column family (checking the
 ///   format, key order and CRC as it goes), flushes it, then switches to it and records
 ///   the snapshot's id as `last_applied` in one synced write, and drops the old column
 ///   family. A snapshot rejected at any point leaves the old state untouched.
 pub struct RocksKvStateMachine {
-    db: Db,
+    /// Shared with the threads of live [`RocksKvView`]s, which keep it open.
+    db: Arc<Db>,
     path: PathBuf,
     state: RwLock<State>,
     /// Serialises `apply_chunk` and `restore`.
@@ -390,7 +396,7 @@ impl RocksKvStateMachine {
                 .map_err(|e| RocksStoreError::rocks(format!("drop of `{name}`"), &path, e))?;
         }
         Ok(Self {
-            db,
+            db: Arc::new(db),
             path,
             state: RwLock::new(State {
                 generation,
@@ -565,63 +571,24 @@ impl RocksKvStateMachine {
     }
 
     fn write_snapshot(&self, out: &mut dyn Write) -> std::result::Result<(), StateMachineError> {
-        let meta = self.meta_cf()?;
         // Under the state lock, so a concurrent restore cannot drop the generation read
         // from the snapshot before its handle is taken (a held handle keeps a dropped
         // column family readable).
-        let (snap, data, count) = {
+        let captured = {
             let _st = self.state_read();
-            let snap = self.db.snapshot();
-            let generation = meta_u64(
-                &self.path,
-                GENERATION_KEY,
-                meta_value(
-                    &self.path,
-                    GENERATION_KEY,
-                    snap.get_cf(&meta, GENERATION_KEY),
-                )?,
-            )?;
-            let count = meta_u64(
-                &self.path,
-                COUNT_KEY,
-                meta_value(&self.path, COUNT_KEY, snap.get_cf(&meta, COUNT_KEY))?,
-            )?;
-            (snap, self.data_cf(generation)?, count)
+            capture(&self.db, &self.path)?
         };
-        let io = |e| StorageError::io("writing the kv snapshot", e);
-        let mut w = SnapshotWriter {
-            out,
-            buf: Vec::with_capacity(SNAPSHOT_WRITE_CHUNK + 4096),
-            crc: 0,
-        };
-        w.put(SNAPSHOT_MAGIC).map_err(io)?;
-        w.put(&SNAPSHOT_VERSION.to_le_bytes()).map_err(io)?;
-        w.put(&count.to_le_bytes()).map_err(io)?;
-        let mut ro = ReadOptions::default();
-        ro.fill_cache(false);
-        let mut it = snap.raw_iterator_cf_opt(&data, ro);
-        it.seek_to_first();
-        let mut n: u64 = 0;
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            w.field(k).map_err(io)?;
-            w.field(v).map_err(io)?;
-            n += 1;
-            it.next();
-        }
-        it.status().map_err(|e| {
-            RocksStoreError::rocks("scan of the data for a snapshot", &self.path, e)
-        })?;
-        if n != count {
-            return Err(RocksStoreError::corrupt(
-                &self.path,
-                KV_META_CF,
-                text_key(COUNT_KEY),
-                format!("the count says {count} keys but the data holds {n}"),
-            )
-            .into());
-        }
-        w.finish().map_err(io)?;
-        Ok(())
+        stream_snapshot(&self.path, &captured, out)
+    }
+
+    /// A point-in-time view of the state: a RocksDB snapshot, taken now, that a dedicated
+    /// thread streams to [`SnapshotView::write_to`] later, while applies go on. See
+    /// [`RocksKvView`].
+    pub fn view(&self) -> Result<RocksKvView> {
+        // Held until the thread has taken its snapshot and column family handle: a
+        // concurrent restore cannot drop the generation in between (see `write_snapshot`).
+        let _st = self.state_read();
+        RocksKvView::start(self.db.clone(), self.path.clone())
     }
 
     /// Streams a snapshot into the (new, empty) column family `cf`; returns its key count.
@@ -808,7 +775,104 @@ impl StateMachine for RocksKvStateMachine {
         self.restore_from(last, input)
     }
 
+    fn snapshot_view(&self) -> Option<Box<dyn SnapshotView>> {
+        match self.view() {
+            Ok(v) => Some(Box::new(v)),
+            Err(e) => {
+                // The handler then calls `snapshot` instead, which reports a real storage
+                // failure itself.
+                tracing::warn!(path = %self.path.display(), error = %e,
+                    "no point-in-time view; the snapshot is written while applies wait");
+                None
+            }
+        }
+    }
+
     fn last_applied(&self) -> Option<LogId> {
         self.state_read().last_applied
     }
+}
+
+/// What a snapshot of the state is read from: a RocksDB snapshot, the data column family
+/// it names, and the metadata it holds.
+pub(crate) struct Captured<'a> {
+    pub(crate) snap: SnapshotWithThreadMode<'a, Db>,
+    pub(crate) data: Arc<BoundColumnFamily<'a>>,
+    pub(crate) count: u64,
+    pub(crate) last_applied: Option<LogId>,
+}
+
+/// Takes a RocksDB snapshot of `db` and reads the generation, key count and last applied
+/// id it holds (each chunk writes them in the batch of its data, so they match the data).
+/// The caller holds the machine's state lock (a restore cannot drop the generation before
+/// its handle is taken).
+pub(crate) fn capture<'a>(db: &'a Db, path: &Path) -> Result<Captured<'a>> {
+    let meta = db
+        .cf_handle(KV_META_CF)
+        .ok_or_else(|| cf_missing(path, KV_META_CF))?;
+    let snap = db.snapshot();
+    let generation = meta_u64(
+        path,
+        GENERATION_KEY,
+        meta_value(path, GENERATION_KEY, snap.get_cf(&meta, GENERATION_KEY))?,
+    )?;
+    let count = meta_u64(
+        path,
+        COUNT_KEY,
+        meta_value(path, COUNT_KEY, snap.get_cf(&meta, COUNT_KEY))?,
+    )?;
+    let last_applied = decode_last_applied(
+        path,
+        meta_value(path, LAST_APPLIED_KEY, snap.get_cf(&meta, LAST_APPLIED_KEY))?,
+    )?;
+    let name = data_cf_name(generation);
+    let data = db.cf_handle(&name).ok_or_else(|| cf_missing(path, &name))?;
+    Ok(Captured {
+        snap,
+        data,
+        count,
+        last_applied,
+    })
+}
+
+/// Writes the snapshot of `c` to `out` in the [`lockstep_core::KvStateMachine`] format,
+/// in 64 KiB pieces.
+pub(crate) fn stream_snapshot(
+    path: &Path,
+    c: &Captured<'_>,
+    out: &mut dyn Write,
+) -> std::result::Result<(), StateMachineError> {
+    let io = |e| StorageError::io("writing the kv snapshot", e);
+    let mut w = SnapshotWriter {
+        out,
+        buf: Vec::with_capacity(SNAPSHOT_WRITE_CHUNK + 4096),
+        crc: 0,
+    };
+    w.put(SNAPSHOT_MAGIC).map_err(io)?;
+    w.put(&SNAPSHOT_VERSION.to_le_bytes()).map_err(io)?;
+    w.put(&c.count.to_le_bytes()).map_err(io)?;
+    let mut ro = ReadOptions::default();
+    ro.fill_cache(false);
+    let mut it = c.snap.raw_iterator_cf_opt(&c.data, ro);
+    it.seek_to_first();
+    let mut n: u64 = 0;
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        w.field(k).map_err(io)?;
+        w.field(v).map_err(io)?;
+        n += 1;
+        it.next();
+    }
+    it.status()
+        .map_err(|e| RocksStoreError::rocks("scan of the data for a snapshot", path, e))?;
+    if n != c.count {
+        return Err(RocksStoreError::corrupt(
+            path,
+            KV_META_CF,
+            text_key(COUNT_KEY),
+            format!("the count says {} keys but the data holds {n}", c.count),
+        )
+        .into());
+    }
+    w.finish().map_err(io)?;
+    Ok(())
 }

@@ -10,7 +10,9 @@
 //! - [`RocksKvStateMachine`]: a durable [`lockstep_core::StateMachine`] with the commands,
 //!   queries, answers and snapshot format of [`lockstep_core::KvStateMachine`]; each
 //!   applied chunk and its last-applied id are one synced `WriteBatch`, snapshots stream
-//!   from a RocksDB snapshot, and restores switch to a new column family atomically.
+//!   from a RocksDB snapshot (also as a point-in-time [`RocksKvView`], taken while the
+//!   handler holds back applies and written after it lets them go on), and restores switch
+//!   to a new column family atomically.
 //!
 //! Use a separate directory for each: a log store and a state machine never share a
 //! database, and each refuses to open the other's (or another backend's) directory.
@@ -19,11 +21,13 @@
 
 mod error;
 mod kv;
+mod kv_view;
 mod log;
 mod util;
 
 pub use error::RocksStoreError;
 pub use kv::RocksKvStateMachine;
+pub use kv_view::RocksKvView;
 pub use log::RocksLogStore;
 
 /// On-disk layout details (column family names, key encodings, format markers), for tools

@@ -3,16 +3,16 @@
 use std::collections::BTreeMap;
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use lockstep_core::state_machine::{KvCommand, KvQuery, KvResponse};
-use lockstep_core::{
-    Command, CommandError, CommandResult, LogId, StateMachine, StateMachineError, StorageError,
-};
+use lockstep_core::state_machine::{KvCommand, KvQuery, KvResponse, SnapshotView};
+use lockstep_core::{Command, CommandError, CommandResult, LogId, StateMachine, StateMachineError};
 
 use crate::error::{Result, SledStoreError};
+use crate::kv_view::{Overlay, SledKvView};
 use crate::util;
 
 /// Name of the tree holding the machine's format marker and current data generation.
@@ -25,14 +25,14 @@ const KEY_GENERATION: &[u8] = b"generation";
 const FORMAT: &[u8] = b"lockstep-sled-kv/1";
 
 /// In a data tree, user keys are stored behind this byte...
-const DATA_PREFIX: u8 = 0x01;
+pub(crate) const DATA_PREFIX: u8 = 0x01;
 /// ...and the last applied id under this key, which sorts before every user key.
 const LAST_APPLIED_KEY: &[u8] = b"\x00last_applied";
 
 // The snapshot format of `lockstep_core::KvStateMachine` (documented there), which this
 // machine writes and reads byte for byte.
-const SNAPSHOT_MAGIC: &[u8; 4] = b"LKVS";
-const SNAPSHOT_VERSION: u32 = 1;
+pub(crate) const SNAPSHOT_MAGIC: &[u8; 4] = b"LKVS";
+pub(crate) const SNAPSHOT_VERSION: u32 = 1;
 
 /// Entries (or bytes) written per sled batch while restoring a snapshot.
 const RESTORE_BATCH_ENTRIES: usize = 1024;
@@ -58,10 +58,42 @@ fn encode_log_id(id: LogId) -> [u8; 16] {
 
 /// The data tree in use and its generation.
 #[derive(Debug, Clone)]
-struct Current {
-    tree: sled::Tree,
+pub(crate) struct Current {
+    pub(crate) tree: sled::Tree,
+    pub(crate) name: String,
+    pub(crate) generation: u64,
+    /// Shared by every holder of the tree (the machine, live views): a tree a restore
+    /// replaced is dropped when the last holder lets go of it.
+    owner: Arc<TreeOwner>,
+}
+
+/// Drops a retired data tree once nothing reads it any more: a view may still be
+/// iterating the tree a restore replaced.
+#[derive(Debug)]
+struct TreeOwner {
+    db: sled::Db,
     name: String,
-    generation: u64,
+    retired: AtomicBool,
+}
+
+impl TreeOwner {
+    fn new(db: &sled::Db, name: &str) -> Arc<Self> {
+        Arc::new(Self {
+            db: db.clone(),
+            name: name.to_owned(),
+            retired: AtomicBool::new(false),
+        })
+    }
+}
+
+impl Drop for TreeOwner {
+    fn drop(&mut self) {
+        if self.retired.load(Ordering::Acquire) {
+            if let Err(e) = self.db.drop_tree(&self.name) {
+                tracing::warn!(tree = %self.name, error = %e, "dropping the replaced data tree failed; it is dropped at the next open");
+            }
+        }
+    }
 }
 
 /// A durable key-value [`StateMachine`] on [sled](https://docs.rs/sled/0.34), answering
@@ -87,13 +119,14 @@ struct Current {
 ///
 /// # Consistency of snapshots
 /// sled iterators are not snapshot-isolated: an iterator running while a batch is applied
-/// can see part of it. This machine therefore serialises `apply_chunk`, `snapshot` and
-/// `restore` on one internal lock, and `snapshot` iterates while no apply can run, so what
-/// it streams is exactly the state at one last-applied id. (The runtime's
-/// [`lockstep_core::handler::DefaultStateMachineHandler`] already calls them one at a time;
-/// the lock makes the machine safe on its own.) The consequence is that applies wait while
-/// a snapshot is written. Queries do not take that lock: each is a single sled `get`, which
-/// never sees half of a batch.
+/// can see part of it. [`StateMachine::snapshot`] and [`StateMachine::snapshot_view`]
+/// therefore write a [`SledKvView`]: taken under the machine's internal writer lock (which
+/// serialises `apply_chunk`, taking a view and `restore`), it records the tree and the
+/// last applied id, and from then on every apply first saves the pre-image of each key it
+/// changes in the view's overlay; the view merges the live tree with those pre-images, so
+/// what it streams is exactly the state at one last-applied id while applies go on. See
+/// [`SledKvView`] for the argument and its costs. Queries do not take the lock: each is a
+/// single sled `get`, which never sees half of a batch.
 ///
 /// A query hitting a sled read error cannot fail the machine through
 /// [`StateMachine::query`]'s signature; it is answered with a [`CommandError`] naming the
@@ -106,12 +139,14 @@ pub struct SledKvStateMachine {
     durability: Mutex<util::Durability>,
     current: RwLock<Current>,
     last: Mutex<Option<LogId>>,
-    /// Serialises apply, snapshot and restore.
+    /// Serialises apply, taking a view and restore.
     writer: Mutex<()>,
     failed: Mutex<Option<String>>,
+    /// The overlays of live [`SledKvView`]s, which applies keep the pre-images in.
+    views: Mutex<Vec<Weak<Overlay>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock only means a panic elsewhere; the guarded values are plain data that
     // every writer leaves consistent.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -178,12 +213,14 @@ impl SledKvStateMachine {
                 )
             })?),
         };
+        let owner = TreeOwner::new(&db, &name);
         Ok(Self {
             db,
             meta,
             location,
             durability,
             current: RwLock::new(Current {
+                owner,
                 tree,
                 name,
                 generation,
@@ -191,6 +228,7 @@ impl SledKvStateMachine {
             last: Mutex::new(last),
             writer: Mutex::new(()),
             failed: Mutex::new(None),
+            views: Mutex::new(Vec::new()),
         })
     }
 
@@ -260,6 +298,7 @@ impl SledKvStateMachine {
         let Some(newest) = newest else {
             return Ok(out);
         };
+        self.record_pre_images(&cur, &pending)?;
         let mut batch = sled::Batch::default();
         for (k, v) in pending {
             match v {
@@ -279,47 +318,76 @@ impl SledKvStateMachine {
         Ok(out)
     }
 
-    /// Writes the snapshot (the body of [`StateMachine::snapshot`]).
+    /// Writes the snapshot (the body of [`StateMachine::snapshot`]): through a view, so
+    /// applies wait only while it is taken.
     fn snapshot_sync(&self, out: &mut (dyn Write + Send)) -> Result<(), StateMachineError> {
+        Box::new(self.view()?).write_to(out)
+    }
+
+    /// A point-in-time view of the state, taken while no apply runs; applies go on while
+    /// it is written. See [`SledKvView`].
+    pub fn view(&self) -> Result<SledKvView> {
         let _w = lock(&self.writer);
         let cur = self.current();
-        let sled_err = |e| SledStoreError::sled(format!("iteration of `{}`", cur.name), e);
-        // Two passes over a state no apply can change in between: the format puts the
-        // count first.
-        let mut count: u64 = 0;
-        for kv in cur.tree.scan_prefix([DATA_PREFIX]) {
-            kv.map_err(sled_err)?;
-            count += 1;
+        let last = *lock(&self.last);
+        let overlay = Arc::new(Overlay::new(cur.generation));
+        {
+            let mut views = lock(&self.views);
+            views.retain(|v| v.strong_count() > 0);
+            views.push(Arc::downgrade(&overlay));
         }
-        let mut w = CrcWriter::new(out);
-        let io = |e| StorageError::io("writing the sled kv snapshot", e);
-        w.write(SNAPSHOT_MAGIC).map_err(io)?;
-        w.write(&SNAPSHOT_VERSION.to_le_bytes()).map_err(io)?;
-        w.write(&count.to_le_bytes()).map_err(io)?;
-        let mut written: u64 = 0;
-        for kv in cur.tree.scan_prefix([DATA_PREFIX]) {
-            let (k, v) = kv.map_err(sled_err)?;
-            let key = &k[1..];
-            let field_len = |n: usize| {
-                u32::try_from(n).map_err(|_| {
-                    StateMachineError::Other(format!(
-                        "a key or value of {n} bytes does not fit the snapshot format"
-                    ))
-                })
-            };
-            w.write(&field_len(key.len())?.to_le_bytes()).map_err(io)?;
-            w.write(key).map_err(io)?;
-            w.write(&field_len(v.len())?.to_le_bytes()).map_err(io)?;
-            w.write(&v).map_err(io)?;
-            written += 1;
+        Ok(SledKvView::new(cur, overlay, last))
+    }
+
+    /// Number of live views (taken and not yet dropped).
+    pub fn live_views(&self) -> usize {
+        lock(&self.views)
+            .iter()
+            .filter(|v| v.strong_count() > 0)
+            .count()
+    }
+
+    /// Before a chunk's changes are written: records, in every live view of the current
+    /// tree, the value each changed key has now unless the view already holds one. Runs
+    /// under the writer lock, so "now" is the state before the chunk.
+    fn record_pre_images(
+        &self,
+        cur: &Current,
+        pending: &BTreeMap<Bytes, Option<Bytes>>,
+    ) -> Result<()> {
+        let live: Vec<Arc<Overlay>> = {
+            let mut views = lock(&self.views);
+            views.retain(|v| v.strong_count() > 0);
+            views
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter(|o| o.generation == cur.generation)
+                .collect()
+        };
+        if live.is_empty() {
+            return Ok(());
         }
-        if written != count {
-            return Err(StateMachineError::Other(format!(
-                "the data tree changed during the snapshot ({count} keys counted, {written} \
-                 written)"
-            )));
+        for key in pending.keys() {
+            let dk = data_key(key);
+            let mut before: Option<Option<sled::IVec>> = None;
+            for o in &live {
+                let mut pre = lock(&o.pre);
+                if pre.contains_key(&dk) {
+                    continue;
+                }
+                let v = match &before {
+                    Some(v) => v.clone(),
+                    None => {
+                        let v = cur.tree.get(&dk).map_err(|e| {
+                            SledStoreError::sled(format!("get in `{}`", cur.name), e)
+                        })?;
+                        before = Some(v.clone());
+                        v
+                    }
+                };
+                pre.insert(dk.clone(), v);
+            }
         }
-        w.finish().map_err(io)?;
         Ok(())
     }
 
@@ -367,15 +435,15 @@ impl SledKvStateMachine {
         {
             let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
             *cur = Current {
+                owner: TreeOwner::new(&self.db, &name),
                 tree,
                 name,
                 generation,
             };
         }
         *lock(&self.last) = Some(last);
-        if let Err(e) = self.db.drop_tree(&old.name) {
-            tracing::warn!(tree = %old.name, error = %e, "dropping the replaced data tree failed; it is dropped at the next open");
-        }
+        // Dropped now, or when the last view still reading it is.
+        old.owner.retired.store(true, Ordering::Release);
         Ok(())
     }
 }
@@ -443,7 +511,7 @@ fn apply_one(
 }
 
 /// Buffers writes to the snapshot output and computes the CRC-32C of everything written.
-struct CrcWriter<'a> {
+pub(crate) struct CrcWriter<'a> {
     out: &'a mut (dyn Write + Send),
     buf: Vec<u8>,
     crc: u32,
@@ -452,7 +520,7 @@ struct CrcWriter<'a> {
 impl<'a> CrcWriter<'a> {
     const CAP: usize = 64 << 10;
 
-    fn new(out: &'a mut (dyn Write + Send)) -> Self {
+    pub(crate) fn new(out: &'a mut (dyn Write + Send)) -> Self {
         Self {
             out,
             buf: Vec::with_capacity(Self::CAP),
@@ -460,7 +528,7 @@ impl<'a> CrcWriter<'a> {
         }
     }
 
-    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+    pub(crate) fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
         self.crc = crc32c::crc32c_append(self.crc, data);
         if self.buf.len() + data.len() > Self::CAP {
             self.out.write_all(&self.buf)?;
@@ -474,7 +542,7 @@ impl<'a> CrcWriter<'a> {
         }
     }
 
-    fn finish(mut self) -> std::io::Result<()> {
+    pub(crate) fn finish(mut self) -> std::io::Result<()> {
         let crc = self.crc.to_le_bytes();
         self.buf.extend_from_slice(&crc);
         self.out.write_all(&self.buf)?;
@@ -674,6 +742,18 @@ impl StateMachine for SledKvStateMachine {
         input: &mut (dyn Read + Send),
     ) -> Result<(), StateMachineError> {
         self.restore_sync(last, input)
+    }
+
+    fn snapshot_view(&self) -> Option<Box<dyn SnapshotView>> {
+        match self.view() {
+            Ok(v) => Some(Box::new(v)),
+            Err(e) => {
+                // The handler then calls `snapshot`, which reports the failure itself.
+                tracing::warn!(location = %self.location.display(), error = %e,
+                    "no point-in-time view");
+                None
+            }
+        }
     }
 
     fn last_applied(&self) -> Option<LogId> {

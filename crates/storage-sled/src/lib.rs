@@ -20,9 +20,11 @@
 
 mod error;
 mod kv;
+mod kv_view;
 mod log;
 mod util;
 
 pub use error::SledStoreError;
 pub use kv::{SledKvStateMachine, KV_DATA_TREE_PREFIX, KV_META_TREE};
+pub use kv_view::SledKvView;
 pub use log::{SledLogStore, LOG_META_TREE, LOG_TREE};
