@@ -25,6 +25,8 @@ pub fn grpc_config(c: &Config) -> Result<GrpcConfig, BuildError> {
         }
     }
     g.advertise_addr = c.peers.get(&c.node_id).cloned();
+    g.max_inbound_snapshots = c.grpc.max_inbound_snapshots;
+    g.max_watch_streams = c.grpc.max_watch_streams;
     let largest = c.runtime.max_command_bytes.max(c.raft.max_bytes_per_msg);
     g.max_message_bytes = g.max_message_bytes.max(largest + (1 << 20));
     if let Some(t) = &c.tls {

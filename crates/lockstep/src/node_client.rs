@@ -90,26 +90,15 @@ impl NodeClient {
         session: ClientSession,
         command: Bytes,
     ) -> Result<Bytes, NodeClientError> {
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            let e = match self
-                .node
-                .propose_with_session(session, command.clone())
-                .await
-            {
-                Ok(b) => return Ok(b),
-                Err(e) => e,
-            };
-            match self.next_step(&e, deadline).await {
-                Step::Retry => continue,
-                Step::Fail => return Err(e.into()),
-                #[cfg(feature = "grpc")]
-                Step::Forward => {
-                    let c = self.remote().await?;
-                    return Ok(c.propose_with_session(session, command).await?);
-                }
-            }
+        let here = self
+            .on_this_node(|| self.node.propose_with_session(session, command.clone()))
+            .await?;
+        #[cfg(feature = "grpc")]
+        if here.is_none() {
+            let leader = self.remote().await?;
+            return Ok(leader.propose_with_session(session, command).await?);
         }
+        here.ok_or(NodeClientError::Closed)
     }
 
     /// Runs a read-only query at `level`: here if this node leads (or for
@@ -120,20 +109,34 @@ impl NodeClient {
         level: ReadLevel,
     ) -> Result<Bytes, NodeClientError> {
         let query = query.into();
+        let here = self
+            .on_this_node(|| self.node.read(query.clone(), level))
+            .await?;
+        #[cfg(feature = "grpc")]
+        if here.is_none() {
+            return Ok(self.remote().await?.read(query, level).await?);
+        }
+        here.ok_or(NodeClientError::Closed)
+    }
+
+    /// Runs `local` on this node until it succeeds (`Some`), fails for good, or names a
+    /// leader the request is to be forwarded to (`None`, only with a gRPC transport).
+    async fn on_this_node<L, F>(&self, local: L) -> Result<Option<Bytes>, NodeClientError>
+    where
+        L: Fn() -> F,
+        F: std::future::Future<Output = Result<Bytes, NodeError>>,
+    {
         let deadline = Instant::now() + self.timeout;
         loop {
-            let e = match self.node.read(query.clone(), level).await {
-                Ok(b) => return Ok(b),
+            let e = match local().await {
+                Ok(b) => return Ok(Some(b)),
                 Err(e) => e,
             };
             match self.next_step(&e, deadline).await {
                 Step::Retry => continue,
                 Step::Fail => return Err(e.into()),
                 #[cfg(feature = "grpc")]
-                Step::Forward => {
-                    let c = self.remote().await?;
-                    return Ok(c.read(query, level).await?);
-                }
+                Step::Forward => return Ok(None),
             }
         }
     }

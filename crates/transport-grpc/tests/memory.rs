@@ -12,7 +12,6 @@ use common::*;
 use lockstep_core::MembershipConfig;
 use lockstep_transport_grpc::proto::peer as pb;
 use lockstep_transport_grpc::proto::peer::peer_client::PeerClient;
-use lockstep_transport_grpc::PROTOCOL_VERSION;
 
 const MIB: usize = 1 << 20;
 
@@ -53,28 +52,7 @@ async fn a_snapshot_announcing_a_4_gib_header_is_refused_without_buffering_it() 
     let before = peak_rss();
 
     // A snapshot far ahead of the node, so it wants the data; 5 GiB announced in total.
-    let begin = pb::SnapshotChunk {
-        frame: Some(pb::snapshot_chunk::Frame::Begin(pb::SnapshotBegin {
-            header: Some(pb::Header {
-                cluster_id: CLUSTER.into(),
-                from: 2,
-                to: 1,
-                protocol_version: PROTOCOL_VERSION,
-            }),
-            term: 5,
-            meta: Some(pb::SnapshotMeta {
-                last_log_id: Some(pb::LogId {
-                    term: 4,
-                    index: 1_000_000,
-                }),
-                membership: Some(pb::Membership {
-                    voters: vec![1, 2],
-                    ..Default::default()
-                }),
-            }),
-            total_len: 5 << 30,
-        })),
-    };
+    let begin = snapshot_begin(2, 1, 5, vec![1, 2], 5 << 30);
     // The envelope prefix: magic, a header length of 0xFFFF_FFFF, a checksum; then header
     // bytes, 1 MiB a frame, up to 512 MiB (generated as the stream is sent).
     let mut first = b"LSSNAP03".to_vec();

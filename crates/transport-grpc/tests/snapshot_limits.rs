@@ -10,7 +10,6 @@ use common::*;
 use lockstep_core::{MembershipConfig, NodeId};
 use lockstep_transport_grpc::proto::peer as pb;
 use lockstep_transport_grpc::proto::peer::peer_client::PeerClient;
-use lockstep_transport_grpc::PROTOCOL_VERSION;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -24,34 +23,6 @@ async fn node_knowing(peers: &[NodeId], max_inbound_snapshots: usize) -> TestNod
         cfg.peers.insert(*p, format!("127.0.0.1:{}", 1 + *p));
     }
     start_node(cfg, Some(MembershipConfig::new_voters([1]))).await
-}
-
-fn begin(from: NodeId) -> pb::SnapshotChunk {
-    pb::SnapshotChunk {
-        frame: Some(pb::snapshot_chunk::Frame::Begin(pb::SnapshotBegin {
-            header: Some(pb::Header {
-                cluster_id: CLUSTER.into(),
-                from,
-                to: 1,
-                protocol_version: PROTOCOL_VERSION,
-            }),
-            term: 1,
-            meta: Some(pb::SnapshotMeta {
-                // Far ahead of the node, so it wants the data and waits for it.
-                last_log_id: Some(pb::LogId {
-                    term: 1,
-                    index: 1_000_000,
-                }),
-                membership: Some(pb::Membership {
-                    voters: vec![1],
-                    outgoing: vec![],
-                    learners: vec![],
-                    addrs: Default::default(),
-                }),
-            }),
-            total_len: 1 << 20,
-        })),
-    }
 }
 
 /// Starts an `InstallSnapshot` stream from `from` that sends `begin` and then stays open
@@ -69,7 +40,9 @@ async fn open_stream(
         .await
         .unwrap();
     let (tx, rx) = mpsc::channel(4);
-    tx.send(begin(from)).await.unwrap();
+    tx.send(snapshot_begin(from, 1, 1, vec![1], 1 << 20))
+        .await
+        .unwrap();
     let task = tokio::spawn(async move {
         let mut c = PeerClient::new(channel);
         let r = c

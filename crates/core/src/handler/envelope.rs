@@ -71,14 +71,22 @@ fn le_u32(b: &[u8]) -> u32 {
     u32::from_le_bytes(a)
 }
 
-fn encode_header(meta: &SnapshotMeta, sessions: &SessionTable<CommandResult>) -> Vec<u8> {
+/// The header of the current format; `with_at: false` gives the `LSSNAP02` layout (for
+/// the test that the older format is still read).
+fn encode_header(
+    meta: &SnapshotMeta,
+    sessions: &SessionTable<CommandResult>,
+    with_at: bool,
+) -> Vec<u8> {
     let mut h = Vec::with_capacity(128 + sessions.len() * 32);
     put_snapshot_meta(&mut h, meta);
     h.put_u32_le(sessions.len() as u32);
     for (client, seq, at, result) in sessions.iter() {
         h.put_u64_le(client);
         h.put_u64_le(seq);
-        h.put_u64_le(at);
+        if with_at {
+            h.put_u64_le(at);
+        }
         let (ok, body): (u8, &[u8]) = match result {
             Ok(b) => (1, b),
             Err(e) => (0, e.0.as_bytes()),
@@ -194,7 +202,7 @@ impl<W: Write> EnvelopeWriter<W> {
         meta: &SnapshotMeta,
         sessions: &SessionTable<CommandResult>,
     ) -> io::Result<Self> {
-        let header = encode_header(meta, sessions);
+        let header = encode_header(meta, sessions, true);
         let len = u32::try_from(header.len()).map_err(|_| {
             invalid(format!(
                 "a snapshot header of {} bytes exceeds 4 GiB",
@@ -743,20 +751,7 @@ mod tests {
     fn the_previous_format_without_session_indexes_is_still_read() {
         let (meta, s) = sample();
         // An LSSNAP02 envelope: the same but without `at` in the session records.
-        let mut h = Vec::new();
-        put_snapshot_meta(&mut h, &meta);
-        h.put_u32_le(s.len() as u32);
-        for (client, seq, _, result) in s.iter() {
-            h.put_u64_le(client);
-            h.put_u64_le(seq);
-            let (ok, body): (u8, &[u8]) = match result {
-                Ok(b) => (1, b),
-                Err(e) => (0, e.0.as_bytes()),
-            };
-            h.put_u8(ok);
-            h.put_u32_le(body.len() as u32);
-            h.put_slice(body);
-        }
+        let h = encode_header(&meta, &s, false);
         let mut data = MAGIC_V2.to_vec();
         data.put_u32_le(h.len() as u32);
         data.put_u32_le(crc32c::crc32c(&h));

@@ -389,6 +389,8 @@ impl StateMachineHandler for DefaultStateMachineHandler {
         let own = self.machine.last_applied().map_or(0, |l| l.index);
         let mut out = Vec::new();
         let mut chunk: Vec<Command> = Vec::new();
+        // The client ids of the sessioned commands in `chunk` (each at most once).
+        let mut clients = std::collections::HashSet::new();
         for e in entries {
             if e.log_id.index <= st.last.index {
                 continue;
@@ -402,13 +404,13 @@ impl StateMachineHandler for DefaultStateMachineHandler {
                     // evictions recording it causes: flush the batch unless that cannot
                     // change the answer (identical on every replica, whatever the batches).
                     if session.is_some_and(|s| {
-                        let pending = chunk.iter().filter(|c| c.session.is_some()).count();
-                        chunk
-                            .iter()
-                            .any(|c| c.session.map(|x| x.client_id) == Some(s.client_id))
-                            || !st.sessions.has_room_for(pending, self.max_retained_bytes())
+                        clients.contains(&s.client_id)
+                            || !st
+                                .sessions
+                                .has_room_for(clients.len(), self.max_retained_bytes())
                     }) {
                         self.flush(&mut st, &mut chunk, &mut out).await?;
+                        clients.clear();
                     }
                     let check = match session {
                         Some(s) => st.sessions.check(s),
@@ -433,11 +435,16 @@ impl StateMachineHandler for DefaultStateMachineHandler {
                             }
                             out.push((e.log_id.index, r));
                         }
-                        SessionCheck::Apply => chunk.push(Command {
-                            log_id: e.log_id,
-                            session: *session,
-                            data: data.clone(),
-                        }),
+                        SessionCheck::Apply => {
+                            if let Some(s) = session {
+                                clients.insert(s.client_id);
+                            }
+                            chunk.push(Command {
+                                log_id: e.log_id,
+                                session: *session,
+                                data: data.clone(),
+                            });
+                        }
                     }
                 }
             }

@@ -258,6 +258,26 @@ impl Default for SnapshotSection {
     }
 }
 
+/// Limits of the gRPC server (feature `grpc`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcSection {
+    /// Inbound snapshot streams received at once (besides one per peer); more are refused
+    /// with `RESOURCE_EXHAUSTED`.
+    pub max_inbound_snapshots: usize,
+    /// `WatchLeader` streams served at once; more are refused with `RESOURCE_EXHAUSTED`.
+    pub max_watch_streams: usize,
+}
+
+impl Default for GrpcSection {
+    fn default() -> Self {
+        Self {
+            max_inbound_snapshots: 2,
+            max_watch_streams: 1024,
+        }
+    }
+}
+
 /// TLS for peer and client connections (PEM files). With `require_client_cert`, peers and
 /// clients must present a certificate signed by `ca` (mutual TLS).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -316,6 +336,9 @@ pub struct Config {
     /// The HTTP endpoint of metrics and health checks; absent means none.
     #[serde(default)]
     pub metrics: Option<MetricsSection>,
+    /// Limits of the gRPC server.
+    #[serde(default)]
+    pub grpc: GrpcSection,
     /// A file holding the cluster's shared peer secret (the same on every node, at least
     /// 16 visible ASCII characters): peer calls without it are refused. For clusters
     /// without mutual TLS; see docs/security.md.
@@ -410,6 +433,8 @@ const ENV_KEYS: &[&str] = &[
     "snapshot.max_header_bytes",
     "metrics.listen",
     "metrics.ready_max_lag",
+    "grpc.max_inbound_snapshots",
+    "grpc.max_watch_streams",
     "peer_secret_file",
 ];
 
@@ -448,6 +473,7 @@ impl Config {
             sessions: SessionsSection::default(),
             tls: None,
             metrics: None,
+            grpc: GrpcSection::default(),
             peer_secret_file: None,
         }
     }
@@ -591,6 +617,12 @@ impl Config {
                 self.snapshot.keep,
                 "at least 2 (the snapshot the log store names is kept until a newer one is recorded)",
             ));
+        }
+        if self.grpc.max_inbound_snapshots == 0 {
+            return Err(invalid("grpc.max_inbound_snapshots", 0, "at least 1"));
+        }
+        if self.grpc.max_watch_streams == 0 {
+            return Err(invalid("grpc.max_watch_streams", 0, "at least 1"));
         }
         if self.sessions.max_clients == 0 {
             return Err(invalid("sessions.max_clients", 0, "at least 1"));

@@ -70,6 +70,11 @@ fn a_bad_value_names_its_key_and_the_accepted_range() {
             "[runtime]\npeer_inbox_bytes = 10",
             "runtime.peer_inbox_bytes",
         ),
+        (
+            "[grpc]\nmax_inbound_snapshots = 0",
+            "grpc.max_inbound_snapshots",
+        ),
+        ("[grpc]\nmax_watch_streams = 0", "grpc.max_watch_streams"),
     ];
     for (extra, key) in cases {
         let text = format!("node_id = 1\ndata_dir = \"d\"\n{extra}");
@@ -170,4 +175,16 @@ fn the_documented_environment_variables_apply_as_documented() {
             "{name} is not a configuration variable"
         );
     }
+}
+
+#[cfg(feature = "grpc")]
+#[test]
+fn the_grpc_limits_default_to_the_transports_and_reach_it() {
+    let d = lockstep_transport_grpc::GrpcConfig::new("c", 1, "127.0.0.1:0".parse().unwrap());
+    let c = Config::parse(MINIMAL, "test", no_env).unwrap();
+    assert_eq!(c.grpc.max_inbound_snapshots, d.max_inbound_snapshots);
+    assert_eq!(c.grpc.max_watch_streams, d.max_watch_streams);
+    let text = format!("{MINIMAL}\n[grpc]\nmax_inbound_snapshots = 5\nmax_watch_streams = 7\n");
+    let g = crate::network::grpc_config(&Config::parse(&text, "test", no_env).unwrap()).unwrap();
+    assert_eq!((g.max_inbound_snapshots, g.max_watch_streams), (5, 7));
 }

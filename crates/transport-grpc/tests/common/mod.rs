@@ -186,3 +186,38 @@ pub async fn tls_cluster(
     connect_all(&nodes);
     nodes
 }
+
+/// The `begin` frame of an `InstallSnapshot` stream from `from` to `to` in `term`, for a
+/// snapshot far ahead of any test node (index 1,000,000, so the node wants the data) of
+/// the configuration `voters`, announcing `total_len` bytes.
+pub fn snapshot_begin(
+    from: NodeId,
+    to: NodeId,
+    term: u64,
+    voters: Vec<NodeId>,
+    total_len: u64,
+) -> lockstep_transport_grpc::proto::peer::SnapshotChunk {
+    use lockstep_transport_grpc::proto::peer as pb;
+    pb::SnapshotChunk {
+        frame: Some(pb::snapshot_chunk::Frame::Begin(pb::SnapshotBegin {
+            header: Some(pb::Header {
+                cluster_id: CLUSTER.into(),
+                from,
+                to,
+                protocol_version: lockstep_transport_grpc::PROTOCOL_VERSION,
+            }),
+            term,
+            meta: Some(pb::SnapshotMeta {
+                last_log_id: Some(pb::LogId {
+                    term,
+                    index: 1_000_000,
+                }),
+                membership: Some(pb::Membership {
+                    voters,
+                    ..Default::default()
+                }),
+            }),
+            total_len,
+        })),
+    }
+}
