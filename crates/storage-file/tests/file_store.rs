@@ -644,3 +644,22 @@ fn retention_keeps_the_newest_snapshot_and_those_being_read() {
     let ids: Vec<LogId> = s.list().unwrap().iter().map(|m| m.last_log_id).collect();
     assert_eq!(ids, vec![LogId::new(1, 3)]);
 }
+
+#[test]
+fn an_entry_at_the_largest_index_is_refused_and_the_log_still_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = FileLogStore::open_with(dir.path(), small()).unwrap();
+    s.purge(LogId::new(1, u64::MAX - 1)).unwrap();
+    assert_eq!(s.bounds().1, LogId::new(1, u64::MAX - 1));
+    let last = Entry {
+        log_id: LogId::new(1, u64::MAX),
+        payload: EntryPayload::Blank,
+    };
+    // Recovery refuses a record at this index, so storing it would stop every restart.
+    let err = s.append(&[last]).unwrap_err();
+    assert!(err.to_string().contains("largest index"), "{err}");
+    s.sync().unwrap();
+    drop(s);
+    let mut again = FileLogStore::open_with(dir.path(), small()).unwrap();
+    again.load().unwrap();
+}
