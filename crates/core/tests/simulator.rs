@@ -142,3 +142,91 @@ fn safe_and_live_with_pre_vote_check_quorum_and_leases_switched_off() {
     cfg.faults.membership = false;
     assert_eq!(hunt(&cfg, 100), None);
 }
+
+// The production node under simulation (`sim::production`): the real runtime, log writer,
+// applier, `DefaultStateMachineHandler` with sessions and snapshots, on simulated time.
+
+use lockstep_core::sim::production::{runtime_bug_by_name, Simulation};
+
+/// Runs seeds `0..limit` of `sim` on two threads; returns the first failing seed found.
+fn hunt_production(sim: &Simulation, limit: u64) -> Option<(u64, &'static str)> {
+    let next = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let (next, stop, sim) = (next.clone(), stop.clone(), sim.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= limit {
+                        return None;
+                    }
+                    if let Err(f) = sim.clone().with_seed(seed).run() {
+                        stop.store(true, Ordering::Relaxed);
+                        return Some((seed, f.check));
+                    }
+                }
+                None
+            })
+        })
+        .collect();
+    workers
+        .into_iter()
+        .filter_map(|w| w.join().ok().flatten())
+        .min()
+}
+
+fn planted(name: &str) -> Simulation {
+    Simulation::new(0).plant(runtime_bug_by_name(name).expect("a known bug name"))
+}
+
+#[test]
+fn production_nodes_pass_many_seeds_with_every_fault_kind() {
+    assert_eq!(hunt_production(&Simulation::new(0), 400), None);
+    assert_eq!(
+        hunt_production(&Simulation::new(0).persisted_kv(), 200),
+        None
+    );
+}
+
+#[test]
+fn a_production_seed_replays_bit_for_bit() {
+    let a = Simulation::new(5).run().unwrap();
+    let b = Simulation::new(5).run().unwrap();
+    assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    assert!(a.ops_ok > 0 && a.elections > 0 && a.crashes > 0, "{a:?}");
+    let f = planted("lease-from-processed-ticks")
+        .with_seed(2)
+        .run()
+        .unwrap_err();
+    let g = planted("lease-from-processed-ticks")
+        .with_seed(2)
+        .run()
+        .unwrap_err();
+    assert_eq!(f, g);
+    assert!(
+        f.replay.contains("--seed 2") && f.replay.contains("--bug lease-from-processed-ticks"),
+        "{}",
+        f.replay
+    );
+}
+
+#[test]
+fn catches_sessions_lost_on_restart_within_2000_seeds() {
+    assert!(hunt_production(&planted("sessions-lost-on-restart"), 2000).is_some());
+}
+
+#[test]
+fn catches_a_lease_counted_in_processed_ticks_within_2000_seeds() {
+    assert!(hunt_production(&planted("lease-from-processed-ticks"), 2000).is_some());
+}
+
+#[test]
+fn catches_a_batch_reported_durable_before_its_sync_within_2000_seeds() {
+    assert!(hunt_production(&planted("durable-before-sync"), 2000).is_some());
+}
+
+#[test]
+fn catches_lease_reads_served_before_their_index_is_applied_within_2000_seeds() {
+    assert!(hunt_production(&planted("lease-read-before-apply"), 2000).is_some());
+}

@@ -13,7 +13,7 @@ pub use self::policy::{
 
 use std::io::Write;
 use std::sync::{Arc, Mutex as StdMutex};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use tokio::sync::Mutex;
@@ -244,7 +244,7 @@ impl DefaultStateMachineHandler {
     ) -> Result<envelope::Header, HandlerError> {
         let m = meta.clone();
         let limits = self.limits;
-        tokio::task::spawn_blocking(move || envelope::verify(reader, &limits, Some(&m)))
+        crate::runtime::env::blocking(move || envelope::verify(reader, &limits, Some(&m)))
             .await
             .map_err(|e| StorageError::Other(format!("snapshot verification task failed: {e}")))?
             .map_err(|e| read_error(meta.last_log_id, e))
@@ -378,6 +378,18 @@ impl StateMachineHandler for DefaultStateMachineHandler {
         }
         // Without a snapshot, a self-persisting machine's entries are fed again from the
         // start of the log, for the session table (see above).
+        if crate::runtime::env::planted().sessions_lost_on_restart {
+            // Planted bug: the entries the machine holds are skipped, sessions and all.
+            if let Some(own) = self
+                .machine
+                .last_applied()
+                .filter(|o| o.index > st.last.index)
+            {
+                st.last = own;
+                self.applied
+                    .store(own.index, std::sync::atomic::Ordering::Release);
+            }
+        }
         Ok(Opened {
             applied: st.last.index,
             snapshot,
@@ -521,7 +533,7 @@ impl StateMachineHandler for DefaultStateMachineHandler {
         let store = self.store.clone();
         let keep = self.keep;
         let m = meta.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), HandlerError> {
+        crate::runtime::env::blocking(move || -> Result<(), HandlerError> {
             let written = match written {
                 Ok(w) => w,
                 Err((view, sessions)) => {
@@ -563,7 +575,7 @@ impl StateMachineHandler for DefaultStateMachineHandler {
         }
         let store = self.store.clone();
         let m = meta.clone();
-        let out = tokio::task::spawn_blocking(move || store.writer(&m))
+        let out = crate::runtime::env::blocking(move || store.writer(&m))
             .await
             .map_err(|e| StorageError::Other(format!("snapshot writer task failed: {e}")))??;
         Ok(Some(Box::new(IncomingSink {
@@ -598,7 +610,7 @@ impl StateMachineHandler for DefaultStateMachineHandler {
         // (the other order left a restored machine without its stored snapshot, and every
         // resend was answered "not needed" while the install kept failing).
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || staged.commit())
+        crate::runtime::env::blocking(move || staged.commit())
             .await
             .map_err(|e| StorageError::Other(format!("snapshot writer task failed: {e}")))??;
         let mut st = self.state.lock().await;
@@ -607,7 +619,7 @@ impl StateMachineHandler for DefaultStateMachineHandler {
             // Not kept: a snapshot the machine refused must never be a fallback at start.
             let last = meta.last_log_id;
             let s = store.clone();
-            let removed = tokio::task::spawn_blocking(move || s.remove(last)).await;
+            let removed = crate::runtime::env::blocking(move || s.remove(last)).await;
             if let Ok(Err(r)) = removed {
                 tracing::warn!(snapshot = %last, error = %r, "could not remove a snapshot the machine refused");
             }
@@ -615,7 +627,7 @@ impl StateMachineHandler for DefaultStateMachineHandler {
         }
         drop(st);
         let keep = self.keep;
-        tokio::task::spawn_blocking(move || store.retain(keep))
+        crate::runtime::env::blocking(move || store.retain(keep))
             .await
             .map_err(|e| StorageError::Other(format!("snapshot retention task failed: {e}")))??;
         tracing::info!(snapshot = %meta.last_log_id, "snapshot installed");

@@ -46,11 +46,14 @@ pub(crate) struct Applier {
     pub(crate) node: crate::types::NodeId,
     /// The node's tasks: snapshot builds are registered here, so a crash stops them.
     pub(crate) tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// Passed before each job (the simulator's stalls).
+    pub(crate) gate: super::env::StallGate,
 }
 
 impl Applier {
     pub(crate) async fn run(mut self) {
         while let Some(job) = self.jobs.recv().await {
+            self.gate.passed().await;
             match job {
                 ApplyJob::Entries { entries, waiters } => {
                     if !self.apply(entries, waiters).await {

@@ -33,13 +33,14 @@ pub(crate) struct Core {
     pub(crate) handler: Arc<dyn StateMachineHandler>,
     pub(crate) status: watch::Sender<NodeStatus>,
     pub(crate) building: Arc<AtomicBool>,
-    pub(crate) pending: HashMap<RequestId, Pending>,
+    /// Requests waiting for the protocol (a fixed hasher: a simulated run replays).
+    pub(crate) pending: HashMap<RequestId, Pending, super::env::FixedHasher>,
     pub(crate) next_id: RequestId,
     /// Lease reads served outside the core (see `lease.rs`).
     pub(crate) lease: Arc<super::lease::LeaseCell>,
-    /// The monotonic instant the protocol's clock counts ticks from.
-    pub(crate) clock_start: std::time::Instant,
-    /// Ticks the protocol was told about: its clock reads `clock_start + ticks_done * tick`.
+    /// The node's monotonic clock (ticks and leases), and whether it is stalled.
+    pub(crate) env: super::env::Env,
+    /// Ticks the protocol was told about: its clock reads `ticks_done * tick` on `env.clock`.
     pub(crate) ticks_done: u64,
     /// The log store, when it is written on this task (it never blocks).
     pub(crate) inline: Option<InlineLog>,
@@ -113,9 +114,10 @@ enum Flow {
 
 impl Core {
     pub(crate) async fn run(mut self) {
-        let mut ticker = tokio::time::interval(self.cfg.tick);
+        let mut ticker = tokio::time::interval(self.env.clock.real(self.cfg.tick));
         // Missed ticks are not replayed one by one: `catch_up` reports the whole gap.
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let gate = self.env.gate();
         let mut ticks = 0u64;
         let mut proposals = Vec::new();
         let mut applier_ops = self.inline.as_mut().and_then(|i| i.from_applier.take());
@@ -135,9 +137,11 @@ impl Core {
                     None => break,
                 },
             };
+            // A stalled process does nothing until it resumes (the simulator's stalls).
+            gate.passed().await;
             // Before any input is handled: the protocol's clock is the monotonic clock, so
             // after a stall no lease is served from ticks that were never counted.
-            self.catch_up();
+            self.catch_up(ticks);
             let mut flow = Flow::Continue;
             if let Some(input) = first {
                 flow = self.handle(input, &mut proposals);
@@ -174,9 +178,17 @@ impl Core {
 
     /// Tells the protocol every tick that is due on the monotonic clock since the last one
     /// (one in the ordinary case; the whole gap after a stall).
-    fn catch_up(&mut self) {
+    fn catch_up(&mut self, fired: u64) {
+        if super::env::planted().lease_from_processed_ticks {
+            // Planted bug: one tick per timer firing; the ticks a stall skipped are lost.
+            while self.ticks_done < fired {
+                self.ticks_done += 1;
+                self.raft.step(Event::Tick);
+            }
+            return;
+        }
         let tick = self.cfg.tick.as_nanos().max(1);
-        let since = std::time::Instant::now().saturating_duration_since(self.clock_start);
+        let since = self.env.clock.elapsed();
         let due = u64::try_from(since.as_nanos() / tick).unwrap_or(u64::MAX);
         if due <= self.ticks_done {
             return;
@@ -197,15 +209,18 @@ impl Core {
         }
     }
 
-    /// The monotonic instant the protocol's clock reads.
-    fn protocol_now(&self) -> std::time::Instant {
+    /// The reading of the node's clock the protocol's clock is at (never ahead of it).
+    fn protocol_now(&self) -> std::time::Duration {
+        if super::env::planted().lease_from_processed_ticks {
+            // Planted bug: the lease is anchored at the time it is published.
+            return self.env.clock.elapsed();
+        }
         let nanos = self
             .cfg
             .tick
             .as_nanos()
             .saturating_mul(u128::from(self.ticks_done));
-        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX);
-        self.clock_start + std::time::Duration::from_nanos(nanos)
+        std::time::Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
     fn handle(&mut self, input: Input, proposals: &mut Vec<Proposal>) -> Flow {
@@ -432,7 +447,7 @@ impl Core {
                 .cfg
                 .tick
                 .saturating_mul(u32::try_from(ticks).unwrap_or(u32::MAX));
-            (self.protocol_now() + left, index)
+            (self.protocol_now().saturating_add(left), index)
         });
         self.lease.publish(grant);
     }

@@ -2,7 +2,7 @@
 //!
 //! The core publishes, before it executes the protocol's actions (so before any message
 //! that could let another node lead leaves), whether the protocol would serve a lease read
-//! at once: until when, in wall-clock time, and at which commit index. A lease read then
+//! at once: until when, on the node's monotonic clock, and at which commit index. A lease read then
 //! runs on the caller's task if the lease still holds and the state machine has applied
 //! that index; otherwise it takes the ordinary path through the protocol.
 //!
@@ -14,27 +14,41 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::Duration;
 
+use super::env::Clock;
 use crate::types::Index;
 
-/// A lease read may be served locally until `until`, once `index` is applied.
+/// A lease read may be served locally until the node's clock reads `until`, once `index`
+/// is applied.
 #[derive(Clone, Copy, Debug)]
 struct Grant {
-    until: Instant,
+    until: Duration,
     index: Index,
 }
 
 /// Shared between the core (publishes), the applier (applied index) and [`super::Node`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct LeaseCell {
     grant: Mutex<Option<Grant>>,
     applied: AtomicU64,
+    /// The node's clock: the one the core counts the protocol's ticks on.
+    clock: Clock,
 }
 
 impl LeaseCell {
-    /// The core's view: `Some((until, index))` while lease reads are served at once.
-    pub(crate) fn publish(&self, grant: Option<(Instant, Index)>) {
+    /// A cell on the node's clock.
+    pub(crate) fn new(clock: Clock) -> Self {
+        Self {
+            grant: Mutex::new(None),
+            applied: AtomicU64::new(0),
+            clock,
+        }
+    }
+
+    /// The core's view: `Some((until, index))` while lease reads are served at once, `until`
+    /// a reading of the node's clock.
+    pub(crate) fn publish(&self, grant: Option<(Duration, Index)>) {
         let g = grant.map(|(until, index)| Grant { until, index });
         *self.grant.lock().unwrap_or_else(|p| p.into_inner()) = g;
     }
@@ -47,28 +61,28 @@ impl LeaseCell {
     /// True if a lease read may be served from the local state machine now.
     pub(crate) fn holds(&self) -> bool {
         let grant = *self.grant.lock().unwrap_or_else(|p| p.into_inner());
-        grant.is_some_and(|g| {
-            self.applied.load(Ordering::Acquire) >= g.index && Instant::now() < g.until
-        })
+        let applied = super::env::planted().lease_read_before_apply
+            || self.applied.load(Ordering::Acquire) >= grant.map_or(0, |g| g.index);
+        grant.is_some_and(|g| applied && self.clock.elapsed() < g.until)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
-    #[test]
-    fn lease_holds_only_while_granted_unexpired_and_applied_thesis_6_4_1() {
-        let c = LeaseCell::default();
+    #[tokio::test(start_paused = true)]
+    async fn lease_holds_only_while_granted_unexpired_and_applied_thesis_6_4_1() {
+        let c = LeaseCell::new(Clock::default());
         assert!(!c.holds(), "no grant");
-        let later = Instant::now() + Duration::from_secs(60);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let later = Duration::from_secs(60);
         c.publish(Some((later, 5)));
         c.set_applied(4);
         assert!(!c.holds(), "commit index 5 not applied yet");
         c.set_applied(5);
         assert!(c.holds());
-        c.publish(Some((Instant::now() - Duration::from_millis(1), 5)));
+        c.publish(Some((Duration::from_millis(999), 5)));
         assert!(!c.holds(), "expired");
         c.publish(Some((later, 5)));
         c.publish(None);

@@ -38,45 +38,138 @@ pub(crate) enum LogOp {
     Stop,
 }
 
+/// What a log writer owns.
+pub(crate) struct Writer {
+    pub(crate) id: u64,
+    pub(crate) store: Box<dyn LogStore>,
+    pub(crate) ops: mpsc::UnboundedReceiver<LogOp>,
+    pub(crate) core: mpsc::UnboundedSender<Input>,
+    pub(crate) killed: Arc<AtomicBool>,
+    pub(crate) metrics: Arc<super::metrics::NodeMetrics>,
+}
+
+impl Writer {
+    /// Moves everything queued behind `first` into `batch`.
+    fn gather(&mut self, first: LogOp, batch: &mut Vec<LogOp>) {
+        batch.push(first);
+        while let Ok(op) = self.ops.try_recv() {
+            batch.push(op);
+        }
+    }
+
+    /// Writes and syncs a batch and reports its completions; false once the writer must
+    /// exit (asked to, crashed or failed).
+    fn run(&mut self, batch: &mut Vec<LogOp>) -> bool {
+        if self.killed.load(Ordering::Acquire) {
+            // A simulated crash: whatever was not synced is lost.
+            return false;
+        }
+        match run_batch(self.store.as_mut(), batch, &self.killed, &self.metrics) {
+            Ok((events, stop)) => {
+                self.report(events);
+                !stop
+            }
+            Err(e) => {
+                self.fail(e);
+                false
+            }
+        }
+    }
+
+    fn report(&self, events: Vec<Event>) {
+        for e in events {
+            let _ = self.core.send(Input::Event(e));
+        }
+    }
+
+    fn fail(&self, e: crate::error::StorageError) {
+        tracing::error!(node = self.id, error = %e, "log store failed; stopping the node");
+        let _ = self.core.send(Input::Fatal(format!("log store: {e}")));
+    }
+}
+
 /// Starts the writer thread.
-pub(crate) fn spawn(
-    id: u64,
-    mut store: Box<dyn LogStore>,
-    mut ops: mpsc::UnboundedReceiver<LogOp>,
-    core: mpsc::UnboundedSender<Input>,
-    killed: Arc<AtomicBool>,
-    metrics: Arc<super::metrics::NodeMetrics>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub(crate) fn spawn(mut w: Writer) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
-        .name(format!("lockstep-log-{id}"))
+        .name(format!("lockstep-log-{}", w.id))
         .spawn(move || {
             let mut batch = Vec::new();
-            while let Some(op) = ops.blocking_recv() {
-                batch.push(op);
-                while let Ok(op) = ops.try_recv() {
-                    batch.push(op);
-                }
-                if killed.load(Ordering::Acquire) {
-                    // A simulated crash: whatever was not synced is lost.
+            while let Some(op) = w.ops.blocking_recv() {
+                w.gather(op, &mut batch);
+                if !w.run(&mut batch) {
                     return;
                 }
-                match run_batch(store.as_mut(), &mut batch, &killed, &metrics) {
-                    Ok((events, stop)) => {
-                        for e in events {
-                            let _ = core.send(Input::Event(e));
+            }
+        })
+}
+
+/// Starts the writer as a task of a simulated runtime: each batch takes `latency()` of
+/// simulated time (the writes and their sync) before its completions are reported; writes
+/// queued meanwhile wait for the next batch, as they do behind a thread's `fsync`.
+pub(crate) fn spawn_task(
+    mut w: Writer,
+    latency: Arc<dyn Fn() -> std::time::Duration + Send + Sync>,
+    gate: super::env::StallGate,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut batch = Vec::new();
+        while let Some(op) = w.ops.recv().await {
+            w.gather(op, &mut batch);
+            gate.passed().await;
+            if super::env::planted().durable_before_sync {
+                // Planted bug: the batch is reported durable, then synced.
+                match write_batch(w.store.as_mut(), &mut batch, &w.killed) {
+                    Ok(done) => {
+                        let stop = done.stop;
+                        w.report(done.events());
+                        tokio::time::sleep(latency()).await;
+                        if let Err(e) = w.store.sync() {
+                            w.fail(e);
+                            return;
                         }
                         if stop {
                             return;
                         }
                     }
                     Err(e) => {
-                        tracing::error!(node = id, error = %e, "log store failed; stopping the node");
-                        let _ = core.send(Input::Fatal(format!("log store: {e}")));
+                        w.fail(e);
                         return;
                     }
                 }
+                continue;
             }
-        })
+            tokio::time::sleep(latency()).await;
+            gate.passed().await;
+            if !w.run(&mut batch) {
+                return;
+            }
+        }
+    })
+}
+
+/// A batch written but not yet synced.
+pub(crate) struct Written {
+    hs: Option<HardState>,
+    entries: usize,
+    write: Option<(u64, LogId)>,
+    snaps: Vec<Event>,
+    stop: bool,
+    killed: bool,
+}
+
+impl Written {
+    /// The completions to report once the batch is durable.
+    fn events(self) -> Vec<Event> {
+        let mut events = Vec::with_capacity(2 + self.snaps.len());
+        if let Some(h) = self.hs {
+            events.push(Event::HardStateSaved(h));
+        }
+        if let Some((write, last)) = self.write {
+            events.push(Event::LogDurable { last, write });
+        }
+        events.extend(self.snaps);
+        events
+    }
 }
 
 /// Executes a batch of writes and one sync; returns the completions to report.
@@ -86,58 +179,14 @@ pub(crate) fn run_batch(
     killed: &AtomicBool,
     metrics: &super::metrics::NodeMetrics,
 ) -> Result<(Vec<Event>, bool), crate::error::StorageError> {
-    let mut hs = None;
-    let mut entries_written = 0usize;
-    let mut write = None;
-    let mut snaps = Vec::new();
-    let mut stop = false;
-    for op in batch.drain(..) {
-        match op {
-            LogOp::HardState(h) => {
-                store.save_hard_state(&h)?;
-                hs = Some(h);
-            }
-            LogOp::Truncate { from, write: w } => {
-                store.truncate(from)?;
-                write = Some((w, store.bounds().1));
-            }
-            LogOp::Append { entries, write: w } => {
-                store.append(&entries)?;
-                entries_written += entries.len();
-                write = Some((w, store.bounds().1));
-            }
-            LogOp::Purge(up_to) => store.purge(up_to)?,
-            LogOp::SnapshotBuilt(meta) => {
-                store.save_snapshot_meta(&meta)?;
-                snaps.push(Event::SnapshotBuilt(meta));
-            }
-            LogOp::SnapshotInstalled { meta, reset_log } => {
-                // The snapshot is recorded durably before any entry goes: a crash in
-                // between must never leave a log purged past the snapshot it names (which
-                // no start can recover from). A crash after the record and before the log
-                // is fixed up is completed at the next start (`recovery::complete_install`).
-                store.save_snapshot_meta(&meta)?;
-                if killed.load(Ordering::Acquire) {
-                    return Ok((Vec::new(), true));
-                }
-                store.sync()?;
-                if reset_log {
-                    let (offset, _) = store.bounds();
-                    store.truncate(offset.index + 1)?;
-                }
-                store.purge(meta.last_log_id)?;
-                snaps.push(Event::SnapshotInstalled(meta));
-            }
-            LogOp::Stop => stop = true,
-        }
-    }
-    if killed.load(Ordering::Acquire) {
+    let done = write_batch(store, batch, killed)?;
+    if done.killed || killed.load(Ordering::Acquire) {
         return Ok((Vec::new(), true));
     }
     let _span = tracing::debug_span!(
         "log_sync",
         node = metrics.node_id(),
-        entries = entries_written,
+        entries = done.entries,
         index = store.bounds().1.index,
         term = store.bounds().1.term
     )
@@ -147,16 +196,79 @@ pub(crate) fn run_batch(
     metrics
         .log_sync_duration
         .record(synced.elapsed().as_secs_f64());
-    metrics.log_sync_entries.record(entries_written as f64);
-    let mut events = Vec::with_capacity(2 + snaps.len());
-    if let Some(h) = hs {
-        events.push(Event::HardStateSaved(h));
+    metrics.log_sync_entries.record(done.entries as f64);
+    let stop = done.stop;
+    Ok((done.events(), stop))
+}
+
+/// Executes a batch of writes, without the final sync.
+fn write_batch(
+    store: &mut dyn LogStore,
+    batch: &mut Vec<LogOp>,
+    killed: &AtomicBool,
+) -> Result<Written, crate::error::StorageError> {
+    let mut w = Written {
+        hs: None,
+        entries: 0,
+        write: None,
+        snaps: Vec::new(),
+        stop: false,
+        killed: false,
+    };
+    for op in batch.drain(..) {
+        match op {
+            LogOp::HardState(h) => {
+                store.save_hard_state(&h)?;
+                w.hs = Some(h);
+            }
+            LogOp::Truncate { from, write } => {
+                store.truncate(from)?;
+                w.write = Some((write, store.bounds().1));
+            }
+            LogOp::Append { entries, write } => {
+                store.append(&entries)?;
+                w.entries += entries.len();
+                w.write = Some((write, store.bounds().1));
+            }
+            LogOp::Purge(up_to) => store.purge(up_to)?,
+            LogOp::SnapshotBuilt(meta) => {
+                store.save_snapshot_meta(&meta)?;
+                w.snaps.push(Event::SnapshotBuilt(meta));
+            }
+            LogOp::SnapshotInstalled { meta, reset_log } => {
+                if super::env::planted().purge_before_snapshot_meta {
+                    // Planted bug: the log goes before the snapshot that replaces it is
+                    // recorded.
+                    if reset_log {
+                        let (offset, _) = store.bounds();
+                        store.truncate(offset.index + 1)?;
+                    }
+                    store.purge(meta.last_log_id)?;
+                    store.save_snapshot_meta(&meta)?;
+                    w.snaps.push(Event::SnapshotInstalled(meta));
+                    continue;
+                }
+                // The snapshot is recorded durably before any entry goes: a crash in
+                // between must never leave a log purged past the snapshot it names (which
+                // no start can recover from). A crash after the record and before the log
+                // is fixed up is completed at the next start (`recovery::complete_install`).
+                store.save_snapshot_meta(&meta)?;
+                if killed.load(Ordering::Acquire) {
+                    w.killed = true;
+                    return Ok(w);
+                }
+                store.sync()?;
+                if reset_log {
+                    let (offset, _) = store.bounds();
+                    store.truncate(offset.index + 1)?;
+                }
+                store.purge(meta.last_log_id)?;
+                w.snaps.push(Event::SnapshotInstalled(meta));
+            }
+            LogOp::Stop => w.stop = true,
+        }
     }
-    if let Some((write, last)) = write {
-        events.push(Event::LogDurable { last, write });
-    }
-    events.extend(snaps);
-    Ok((events, stop))
+    Ok(w)
 }
 
 #[cfg(test)]

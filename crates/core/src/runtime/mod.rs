@@ -16,6 +16,7 @@ mod applier;
 pub mod cluster;
 mod config;
 mod core;
+pub mod env;
 mod input;
 mod lease;
 mod log_writer;
@@ -257,7 +258,7 @@ impl SnapshotReceiver {
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), SnapshotReceiveError> {
         let mut sink = self.sink.take().ok_or(SnapshotReceiveError::Broken)?;
         let len = chunk.len() as u64;
-        let (sink, r) = tokio::task::spawn_blocking(move || {
+        let (sink, r) = env::blocking(move || {
             let r = sink.write(&chunk);
             (sink, r)
         })
@@ -277,13 +278,11 @@ impl SnapshotReceiver {
     /// message to the protocol.
     pub async fn finish(mut self) -> Result<(), SnapshotReceiveError> {
         let sink = self.sink.take().ok_or(SnapshotReceiveError::Broken)?;
-        tokio::task::spawn_blocking(move || sink.finish())
-            .await
-            .map_err(|e| {
-                HandlerError::Storage(StorageError::Other(format!(
-                    "snapshot receiver task failed: {e}"
-                )))
-            })??;
+        env::blocking(move || sink.finish()).await.map_err(|e| {
+            HandlerError::Storage(StorageError::Other(format!(
+                "snapshot receiver task failed: {e}"
+            )))
+        })??;
         let SnapshotReceiver { inbox, msg, .. } = self;
         inbox.deliver(msg)?;
         Ok(())
@@ -313,6 +312,12 @@ pub(crate) type LogThread = Arc<Mutex<Option<std::thread::JoinHandle<()>>>>;
 impl Node {
     /// Recovers the node's state from its log store and state machine and starts it.
     pub async fn start(parts: NodeParts) -> Result<Node, StartError> {
+        Self::start_in(parts, env::Env::default()).await
+    }
+
+    /// As [`Node::start`], in the given environment (the simulator's clock, stalls and
+    /// log writer; [`env::Env::default`] is production).
+    pub async fn start_in(parts: NodeParts, env: env::Env) -> Result<Node, StartError> {
         parts.raft.validate()?;
         parts.runtime.validate()?;
         let NodeParts {
@@ -325,7 +330,7 @@ impl Node {
             seed,
         } = parts;
         let id = raft_cfg.id;
-        let (stored, log_store) = tokio::task::spawn_blocking(move || {
+        let (stored, log_store) = env::blocking(move || {
             let stored = log_store.load()?;
             let mut stored = recovery::complete_install(log_store.as_mut(), stored)?;
             let fresh = stored.entries.is_empty()
@@ -342,7 +347,7 @@ impl Node {
             Ok::<_, StorageError>((stored, log_store))
         })
         .await
-        .map_err(|e| StorageError::Other(format!("log store loader panicked: {e}")))??;
+        .map_err(|e| StorageError::Other(format!("log store loader: {e}")))??;
         let opened = handler.open(stored.snapshot.as_ref()).await?;
         let init = InitialState {
             hard_state: stored.hard_state,
@@ -361,8 +366,26 @@ impl Node {
         // Every task of the node, snapshot builds included: a crash aborts and awaits them
         // all, so nothing of this incarnation touches its data after `crash` returns.
         let tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-        // A store that never blocks is written on the core task; others get a writer thread.
-        let (inline, log_thread) = if log_store.never_blocks() {
+        // A store that never blocks is written on the core task; others get a writer thread
+        // (a task of the simulated runtime, in the simulator).
+        let (inline, log_thread) = if let Some(latency) = env.sync_latency.clone() {
+            let t = log_writer::spawn_task(
+                log_writer::Writer {
+                    id,
+                    store: log_store,
+                    ops: log_rx,
+                    core: tx.clone(),
+                    killed: killed.clone(),
+                    metrics: node_metrics.clone(),
+                },
+                latency,
+                env.gate(),
+            );
+            if let Ok(mut t2) = tasks.lock() {
+                t2.push(t);
+            }
+            (None, None)
+        } else if log_store.never_blocks() {
             (
                 Some(core::InlineLog::new(
                     log_store,
@@ -372,14 +395,14 @@ impl Node {
                 None,
             )
         } else {
-            let t = log_writer::spawn(
+            let t = log_writer::spawn(log_writer::Writer {
                 id,
-                log_store,
-                log_rx,
-                tx.clone(),
-                killed.clone(),
-                node_metrics.clone(),
-            )
+                store: log_store,
+                ops: log_rx,
+                core: tx.clone(),
+                killed: killed.clone(),
+                metrics: node_metrics.clone(),
+            })
             .map_err(StartError::Thread)?;
             (None, Some(t))
         };
@@ -387,7 +410,7 @@ impl Node {
         let (status_tx, status_rx) =
             watch::channel(NodeStatus::from_protocol(raft.status(), runtime.tick));
         let building = Arc::new(AtomicBool::new(false));
-        let lease = Arc::new(lease::LeaseCell::default());
+        let lease = Arc::new(lease::LeaseCell::new(env.clock));
         lease.set_applied(opened.applied);
         let applier = applier::Applier {
             lease: lease.clone(),
@@ -399,6 +422,7 @@ impl Node {
             metrics: node_metrics.clone(),
             node: id,
             tasks: tasks.clone(),
+            gate: env.gate(),
         };
         let core = core::Core {
             raft,
@@ -415,7 +439,7 @@ impl Node {
             pending: Default::default(),
             next_id: 1,
             lease: lease.clone(),
-            clock_start: std::time::Instant::now(),
+            env,
             ticks_done: 0,
             inline,
             killed: killed.clone(),

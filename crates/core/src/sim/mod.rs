@@ -16,6 +16,7 @@ pub mod kv;
 pub mod linearizability;
 mod network;
 mod node;
+pub mod production;
 mod world;
 
 use crate::config::{Bugs, RaftConfig};

@@ -151,7 +151,7 @@ impl SnapshotReader {
     /// Reads exactly `want` bytes (or checks for the end when past `len`).
     async fn read_more(&mut self, want: usize) -> std::io::Result<Bytes> {
         let inner = std::mem::replace(&mut self.inner, Box::new(Poisoned));
-        let (inner, got) = tokio::task::spawn_blocking(move || {
+        let (inner, got) = crate::runtime::env::blocking(move || {
             let mut inner = inner;
             let mut buf = vec![0u8; want];
             let got = read_full(&mut inner, &mut buf).map(|n| {

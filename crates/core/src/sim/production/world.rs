@@ -1,0 +1,656 @@
+//! The run: boots the nodes, drives clients and the nemesis on simulated time, checks
+//! invariants as it goes, then heals everything and checks liveness, convergence and the
+//! history.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::clients::{self, Shared};
+use super::handler::RecordingHandler;
+use super::machines::{AppliedLog, DurableState, PersistedKv, Recorded};
+use super::net::{Net, SharedNet, SimTransport};
+use super::storage::SimStorage;
+use super::{Simulation, Workload};
+use crate::handler::{DefaultStateMachineHandler, EntriesSince};
+use crate::membership::MembershipConfig;
+use crate::raft::Role;
+use crate::rng::Rng;
+use crate::runtime::env::{self, Clock, Env, StallGate};
+use crate::runtime::{Node, NodeParts, RuntimeConfig};
+use crate::sim::checker::Violation;
+use crate::sim::linearizability::{check_kv_history, KvOp};
+use crate::sim::network::Network;
+use crate::sim::{SimFailure, SimReport};
+use crate::state_machine::{KvStateMachine, StateMachine};
+use crate::types::{NodeId, Term};
+
+pub(super) type Step = Result<(), Violation>;
+
+pub(super) fn violation(check: &'static str, detail: String) -> Violation {
+    Violation { check, detail }
+}
+
+/// One node process slot, across its incarnations.
+pub(super) struct Slot {
+    pub(super) id: NodeId,
+    pub(super) node: Option<Node>,
+    pub(super) stall: watch::Sender<bool>,
+    pub(super) gate: StallGate,
+    /// The node's clock drift, parts per million.
+    ppm: i32,
+    /// When a crashed node starts again.
+    pub(super) down_until: Option<Instant>,
+    /// When a stalled node resumes.
+    pub(super) stalled_until: Option<Instant>,
+    /// A bit of its synced data is flipped: a start or a read may report corruption.
+    pub(super) flipped: Option<String>,
+    /// An fsync failure was injected: the node is expected to stop.
+    pub(super) sync_failing: bool,
+    /// What a self-persisting machine holds on its disk.
+    durable: DurableState,
+    /// The running incarnation's machine.
+    machine: Option<Arc<dyn StateMachine>>,
+}
+
+pub(super) struct World {
+    pub(super) sim: Simulation,
+    pub(super) storage: Arc<dyn SimStorage>,
+    pub(super) rng: Rng,
+    pub(super) net: SharedNet,
+    pub(super) slots: Vec<Slot>,
+    pub(super) shared: Arc<Shared>,
+    applied: Arc<Mutex<AppliedLog>>,
+    /// Who led each term (election safety).
+    leaders: BTreeMap<Term, NodeId>,
+    pub(super) report: SimReport,
+    /// When the net heals a partition.
+    pub(super) heal_at: Option<Instant>,
+    /// This run's snapshot policy: entries between two snapshots.
+    snapshot_every: u64,
+}
+
+/// Runs `sim` on a fresh paused single-threaded runtime on this thread.
+pub(super) fn run(sim: Simulation, storage: Arc<dyn SimStorage>) -> Result<SimReport, SimFailure> {
+    let seed = sim.seed;
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return Err(SimFailure {
+                seed,
+                step: 0,
+                sim_micros: 0,
+                check: "setup",
+                detail: format!("building the simulated runtime: {e}"),
+                replay: replay(&sim),
+            })
+        }
+    };
+    env::set_simulated(true);
+    env::plant(sim.bugs);
+    let out = rt.block_on(async move {
+        let mut w = World::new(sim, storage);
+        let r = w.run().await;
+        let micros = w.shared.micros();
+        match r {
+            Ok(()) => {
+                w.report.sim_micros = micros;
+                Ok(w.report)
+            }
+            Err(v) => Err(SimFailure {
+                seed,
+                step: w.report.steps,
+                sim_micros: micros,
+                check: v.check,
+                detail: format!("{}\ncluster state:\n{}", v.detail, w.dump()),
+                replay: replay(&w.sim),
+            }),
+        }
+    });
+    env::plant(env::RuntimeBugs::NONE);
+    env::set_simulated(false);
+    out
+}
+
+/// The command that replays a run.
+fn replay(sim: &Simulation) -> String {
+    let mut cmd = format!("cargo xtask sim --production --seed {}", sim.seed);
+    if sim.cfg.ops != super::ProductionConfig::default().ops {
+        cmd.push_str(&format!(" --ops {}", sim.cfg.ops));
+    }
+    match sim.workload {
+        Workload::PersistedKv if sim.seed % 2 == 0 => cmd.push_str(" --persisted"),
+        Workload::Kv if sim.seed % 2 == 1 => cmd.push_str(" --kv"),
+        _ => {}
+    }
+    for name in super::RUNTIME_BUG_NAMES {
+        if super::runtime_bug_by_name(name) == Some(sim.bugs) {
+            cmd.push_str(&format!(" --bug {name}"));
+        }
+    }
+    cmd
+}
+
+impl World {
+    fn new(sim: Simulation, storage: Arc<dyn SimStorage>) -> Self {
+        let mut rng = Rng::new(sim.seed);
+        // Frequent snapshots some runs, rare ones in others (then restarts replay the log).
+        let every = sim.cfg.snapshot_every.max(1);
+        let snapshot_every = *rng
+            .pick(&[every / 2 + 1, every, every * 5])
+            .unwrap_or(&every);
+        let faults = &sim.cfg.faults;
+        let net = Net {
+            links: Network {
+                drop_rate: faults.drop_rate,
+                duplicate_rate: faults.duplicate_rate,
+                ..Network::default()
+            },
+            rng: Rng::new(rng.next_u64()),
+            inboxes: BTreeMap::new(),
+        };
+        let slots = (1..=sim.cfg.nodes as NodeId)
+            .map(|id| {
+                let (stall, gate) = StallGate::switch();
+                // Clock drift up to ±2 %, inside the lease's drift allowance.
+                let ppm = rng.range(0, 40_001) as i32 - 20_000;
+                Slot {
+                    id,
+                    node: None,
+                    stall,
+                    gate,
+                    ppm,
+                    down_until: None,
+                    stalled_until: None,
+                    flipped: None,
+                    sync_failing: false,
+                    durable: Arc::default(),
+                    machine: None,
+                }
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            nodes: Mutex::default(),
+            history: Mutex::default(),
+            failed: Mutex::default(),
+            ops_left: AtomicUsize::new(sim.cfg.ops),
+            ok: AtomicUsize::new(0),
+            unknown: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
+            start: Instant::now(),
+        });
+        Self {
+            report: SimReport {
+                seed: sim.seed,
+                ..SimReport::default()
+            },
+            sim,
+            storage,
+            rng,
+            net: Arc::new(Mutex::new(net)),
+            slots,
+            shared,
+            applied: Arc::default(),
+            leaders: BTreeMap::new(),
+            heal_at: None,
+            snapshot_every,
+        }
+    }
+
+    async fn run(&mut self) -> Step {
+        for i in 0..self.slots.len() {
+            self.boot(i).await?;
+        }
+        let clients: Vec<_> = (0..self.sim.cfg.clients)
+            .map(|c| {
+                tokio::spawn(clients::run(
+                    c,
+                    self.shared.clone(),
+                    Rng::new(self.rng.next_u64()),
+                    self.sim.workload.clone(),
+                    self.sim.cfg.keys,
+                    self.sim.cfg.lease_read_fraction,
+                ))
+            })
+            .collect();
+        let limit = Duration::from_secs(self.sim.cfg.max_sim_seconds);
+        let mut next_nemesis = Instant::now() + self.nemesis_delay();
+        while !clients.iter().all(|c| c.is_finished()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.report.steps += 1;
+            self.check().await?;
+            self.due().await?;
+            if Instant::now() >= next_nemesis {
+                self.nemesis().await?;
+                next_nemesis = Instant::now() + self.nemesis_delay();
+            }
+            if self.shared.start.elapsed() > limit {
+                return Err(violation(
+                    "progress",
+                    format!("clients still running after {limit:?} of simulated time"),
+                ));
+            }
+        }
+        self.finish().await
+    }
+
+    fn nemesis_delay(&mut self) -> Duration {
+        let mean = self.sim.cfg.nemesis_interval_ms.max(1);
+        Duration::from_millis(self.rng.range(mean / 2, mean * 3 / 2 + 1))
+    }
+
+    /// Starts node `i` from what its storage holds.
+    pub(super) async fn boot(&mut self, i: usize) -> Step {
+        let cfg = &self.sim.cfg;
+        let id = self.slots[i].id;
+        let (log_store, snapshots) = self.storage.open(id).map_err(|e| {
+            violation(
+                "recovery",
+                format!("node {id} could not open its storage: {e}"),
+            )
+        })?;
+        let machine: Arc<dyn StateMachine> = match &self.sim.workload {
+            Workload::Kv | Workload::Models => Arc::new(KvStateMachine::new()),
+            Workload::PersistedKv => Arc::new(
+                PersistedKv::open(self.slots[i].durable.clone())
+                    .map_err(|e| violation("recovery", format!("node {id}: {e}")))?,
+            ),
+            Workload::Custom { make, .. } => make(),
+        };
+        let recorded = Recorded {
+            inner: machine.clone(),
+            node: id,
+            log: self.applied.clone(),
+            latency: Mutex::new(Rng::new(self.rng.next_u64())),
+        };
+        let handler = Arc::new(RecordingHandler {
+            inner: Arc::new(DefaultStateMachineHandler::new(
+                Arc::new(recorded),
+                snapshots,
+                EntriesSince(self.snapshot_every),
+            )),
+            node: id,
+            answers: self.applied.clone(),
+        });
+        let mut latency_rng = Rng::new(self.rng.next_u64());
+        let latency = Arc::new(Mutex::new(move || {
+            Duration::from_micros(latency_rng.range(150, 1_200))
+        }));
+        let env = Env {
+            clock: Clock::drifting(self.slots[i].ppm),
+            stall: Some(self.slots[i].gate.clone()),
+            sync_latency: Some(Arc::new(move || {
+                latency
+                    .lock()
+                    .map(|mut f| (*f)())
+                    .unwrap_or(Duration::from_micros(500))
+            })),
+        };
+        let parts = NodeParts {
+            raft: crate::config::RaftConfig {
+                id,
+                ..cfg.raft.clone()
+            },
+            runtime: RuntimeConfig {
+                request_timeout: Duration::from_millis(500),
+                ..RuntimeConfig::default()
+            },
+            log_store,
+            handler,
+            transport: Arc::new(SimTransport {
+                from: id,
+                net: self.net.clone(),
+            }),
+            bootstrap: Some(MembershipConfig::new_voters(1..=cfg.nodes as NodeId)),
+            seed: self.rng.next_u64(),
+        };
+        match Node::start_in(parts, env).await {
+            Ok(node) => {
+                self.net
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .inboxes
+                    .insert(id, node.inbox());
+                if let Ok(mut n) = self.shared.nodes.lock() {
+                    n.insert(id, (node.clone(), self.slots[i].gate.clone()));
+                }
+                let slot = &mut self.slots[i];
+                slot.node = Some(node);
+                slot.machine = Some(machine);
+                slot.down_until = None;
+                slot.sync_failing = false;
+                Ok(())
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if let (Some(at), true) = (&self.slots[i].flipped, names_corruption(&text)) {
+                    // The flip was found, as it must be: undo it and start again.
+                    tracing::debug!(node = id, flipped = %at, error = %text, "corruption reported");
+                    self.repair(i);
+                    return Box::pin(self.boot(i)).await;
+                }
+                Err(violation(
+                    "recovery",
+                    format!("node {id} failed to restart: {text}"),
+                ))
+            }
+        }
+    }
+
+    /// One line per node, for a failure report.
+    fn dump(&self) -> String {
+        let mut out = String::new();
+        for s in &self.slots {
+            let line = match &s.node {
+                None => format!("node {}: down\n", s.id),
+                Some(n) => {
+                    let st = n.status();
+                    format!(
+                        "node {}: {:?} term {} leader {:?} commit {} applied {} last {} snapshot {} stalled {} stopped {:?}\n",
+                        s.id, st.role, st.term, st.leader, st.commit, st.applied, st.last_log_id,
+                        st.snapshot, s.stalled_until.is_some(), st.stopped
+                    )
+                }
+            };
+            out.push_str(&line);
+        }
+        out
+    }
+
+    pub(super) fn repair(&mut self, i: usize) {
+        if self.slots[i].flipped.take().is_some() {
+            self.storage.repair(self.slots[i].id);
+        }
+    }
+
+    /// Kills node `i`'s process (its tasks stop at once, nothing unsynced is synced), then
+    /// does to its storage what `how` does.
+    pub(super) async fn crash(&mut self, i: usize, how: super::Crash, restart_after: Duration) {
+        let id = self.slots[i].id;
+        if let Some(node) = self.slots[i].node.take() {
+            node.crash().await;
+        }
+        self.net
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .inboxes
+            .remove(&id);
+        if let Ok(mut n) = self.shared.nodes.lock() {
+            n.remove(&id);
+        }
+        self.storage.crash(id, how, &mut self.rng);
+        let slot = &mut self.slots[i];
+        slot.machine = None;
+        slot.stalled_until = None;
+        let _ = slot.stall.send(false);
+        slot.down_until = Some(Instant::now() + restart_after);
+        self.report.crashes += 1;
+    }
+
+    /// Checks made every few simulated milliseconds.
+    async fn check(&mut self) -> Step {
+        if let Some(v) = self
+            .applied
+            .lock()
+            .ok()
+            .and_then(|l| l.violation().map(str::to_string))
+        {
+            return Err(violation("state machine safety", v));
+        }
+        for i in 0..self.slots.len() {
+            let Some(node) = &self.slots[i].node else {
+                continue;
+            };
+            let st = node.status();
+            self.report.commit_index = self.report.commit_index.max(st.commit);
+            if let Some(reason) = st.stopped {
+                let expected = self.slots[i].sync_failing
+                    || (self.slots[i].flipped.is_some() && names_corruption(&reason));
+                if !expected {
+                    return Err(violation(
+                        "fail-stop",
+                        format!("node {} stopped: {reason}", self.slots[i].id),
+                    ));
+                }
+                let d = Duration::from_millis(self.rng.range(20, 300));
+                self.crash(i, super::Crash::Process, d).await;
+                continue;
+            }
+            if st.role == Role::Leader {
+                let id = self.slots[i].id;
+                self.check_commit_durable(id, st.commit)?;
+                match self.leaders.get(&st.term) {
+                    Some(other) if *other != id => {
+                        return Err(violation(
+                            "election safety",
+                            format!("nodes {other} and {id} both led term {}", st.term),
+                        ))
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.leaders.insert(st.term, id);
+                        self.report.elections += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A leader's commit index is durable on a majority (§5.3, and the promise that an
+    /// acknowledged write survives any minority of crashes).
+    fn check_commit_durable(&self, leader: NodeId, commit: u64) -> Step {
+        if commit == 0 {
+            return Ok(());
+        }
+        let terms: Vec<(NodeId, Option<u64>)> = self
+            .slots
+            .iter()
+            .map(|s| (s.id, self.storage.durable_term(s.id, commit)))
+            .collect();
+        if terms.iter().any(|(_, t)| *t == Some(0)) {
+            // Under a durable snapshot somewhere: it was checked when it was committed.
+            return Ok(());
+        }
+        let term = terms
+            .iter()
+            .find(|(id, t)| *id == leader && t.is_some())
+            .or_else(|| terms.iter().find(|(_, t)| t.is_some()))
+            .and_then(|(_, t)| *t);
+        let Some(term) = term else {
+            if !self.storage.models_durability() {
+                return Ok(());
+            }
+            return Err(violation(
+                "commit durability",
+                format!("leader {leader} reports index {commit} committed, but no node holds it durably"),
+            ));
+        };
+        let entry = crate::types::LogId::new(term, commit);
+        let holding = self
+            .slots
+            .iter()
+            .filter(|s| self.storage.durably_holds(s.id, entry) == Some(true))
+            .count();
+        if holding * 2 <= self.slots.len() {
+            return Err(violation(
+                "commit durability",
+                format!(
+                    "leader {leader} reports {entry} committed, but only {holding} of {} nodes hold it durably",
+                    self.slots.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Restarts, resumes and heals whatever is due.
+    async fn due(&mut self) -> Step {
+        let now = Instant::now();
+        for i in 0..self.slots.len() {
+            if self.slots[i].down_until.is_some_and(|t| t <= now) {
+                self.boot(i).await?;
+            }
+            if self.slots[i].stalled_until.is_some_and(|t| t <= now) {
+                self.slots[i].stalled_until = None;
+                let _ = self.slots[i].stall.send(false);
+            }
+        }
+        if self.heal_at.is_some_and(|t| t <= now) {
+            self.heal_at = None;
+            self.net
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .links
+                .heal();
+        }
+        Ok(())
+    }
+
+    /// Heals every fault, then checks liveness, convergence and the history.
+    async fn finish(&mut self) -> Step {
+        self.net
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .links
+            .heal();
+        {
+            let mut net = self.net.lock().unwrap_or_else(|p| p.into_inner());
+            net.links.drop_rate = 0.0;
+            net.links.duplicate_rate = 0.0;
+        }
+        for i in 0..self.slots.len() {
+            self.slots[i].stalled_until = None;
+            let _ = self.slots[i].stall.send(false);
+            if self.slots[i].node.is_none() {
+                self.repair(i);
+                self.boot(i).await?;
+            }
+        }
+        let index = self.liveness().await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.check().await?;
+            self.due().await?;
+            let behind: Vec<NodeId> = self
+                .slots
+                .iter()
+                .filter(|s| s.node.as_ref().is_none_or(|n| n.status().applied < index))
+                .map(|s| s.id)
+                .collect();
+            if behind.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(violation(
+                    "convergence",
+                    format!(
+                        "nodes {behind:?} did not apply index {index} within 30 s after healing"
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.check_equal_states().await?;
+        self.report.ops_ok = self.shared.ok.load(Ordering::Relaxed) as u64;
+        self.report.ops_unknown = self.shared.unknown.load(Ordering::Relaxed) as u64;
+        self.report.ops_failed = self.shared.refused.load(Ordering::Relaxed) as u64;
+        if matches!(self.sim.workload, Workload::Custom { .. }) {
+            return Ok(());
+        }
+        let history = self
+            .shared
+            .history
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_default();
+        let failed = self
+            .shared
+            .failed
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default();
+        let ops: Vec<_> = history
+            .into_iter()
+            .enumerate()
+            .filter(|(i, h)| {
+                !(failed.contains(i) || (h.complete.is_none() && matches!(h.op, KvOp::Get { .. })))
+            })
+            .map(|(_, h)| h)
+            .collect();
+        check_kv_history(&ops).map_err(|e| violation("linearizability", e.to_string()))
+    }
+
+    /// A write after healing commits within 60 simulated seconds; returns its index.
+    async fn liveness(&mut self) -> Result<u64, Violation> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let command = match &self.sim.workload {
+            Workload::Custom { commands, .. } => commands(&mut self.rng),
+            _ => super::machines::encode(&KvOp::Put {
+                key: self.sim.cfg.keys + 1,
+                value: 1,
+            }),
+        };
+        loop {
+            self.check().await?;
+            self.due().await?;
+            let leader = self
+                .slots
+                .iter()
+                .filter_map(|s| s.node.clone())
+                .find(|n| n.is_leader());
+            if let Some(n) = leader {
+                if n.propose(command.clone()).await.is_ok() {
+                    return Ok(n.status().commit);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(violation(
+                    "liveness",
+                    "no write committed within 60 s after every fault healed".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every replica's machine holds the same state (the same snapshot bytes).
+    async fn check_equal_states(&self) -> Step {
+        let mut first: Option<(NodeId, Vec<u8>)> = None;
+        for s in &self.slots {
+            let Some(m) = &s.machine else { continue };
+            let mut bytes = Vec::new();
+            m.snapshot(&mut bytes)
+                .await
+                .map_err(|e| violation("convergence", format!("node {}: snapshot: {e}", s.id)))?;
+            match &first {
+                None => first = Some((s.id, bytes)),
+                Some((id, b)) if *b != bytes => {
+                    return Err(violation(
+                        "convergence",
+                        format!(
+                            "nodes {id} and {} applied the same log but hold different states",
+                            s.id
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// True if a start or stop reason reports corrupt data.
+fn names_corruption(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("corrupt") || t.contains("checksum") || t.contains("crc")
+}
