@@ -172,6 +172,14 @@ const XTASK: &[(&str, &[&str], &[&str])] = &[
             "--voters",
             "--new-leader-crash-pct",
             "--no-prevote-checkquorum",
+            "--no-membership",
+            "--first",
+            "--threads",
+            "--production",
+            "--persisted",
+            "--kv",
+            "--memory",
+            "--file",
         ],
         &[],
     ),
@@ -351,6 +359,7 @@ fn runs_for_real(words: &[String]) -> bool {
     matches!(
         w.as_slice(),
         ["cargo", "xtask", "sim", "--seed", _]
+            | ["cargo", "xtask", "sim", "--production", "--seed", _]
             | ["cargo", "xtask", "sim", "--bug", _]
             | ["cargo", "xtask", "sim", "--scenario", _, "--seeds", _]
     ) || (w.len() >= 3 && w[0] == "cargo" && w[1] == "xtask" && w[2] == "cluster")

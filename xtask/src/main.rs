@@ -131,7 +131,15 @@ fn test() -> Result<()> {
     feature_matrix()?;
     examples()?;
     let seeds = TEST_SEEDS.to_string();
-    sim(&["--seeds".into(), seeds])?;
+    sim(&["--seeds".into(), seeds.clone()])?;
+    // The production nodes (runtime, handler, file store on a simulated disk).
+    sim(&[
+        "--production".into(),
+        "--seeds".into(),
+        seeds,
+        "--ops".into(),
+        "1000".into(),
+    ])?;
     fuzz(&["--seconds".into(), "5".into()])?;
     docs_check()?;
     // In the release profile, as `bench` builds the cluster benchmark next: RocksDB's C++
@@ -371,9 +379,10 @@ fn sim(args: &[String]) -> Result<()> {
         "--release",
         "--quiet",
         "-p",
-        "lockstep-core",
+        "lockstep",
+        "--no-default-features",
         "--features",
-        "testing",
+        "testing,file",
         "--example",
         "sim",
         "--",

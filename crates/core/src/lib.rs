@@ -11,6 +11,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod fs;
 #[cfg(not(test))]
 #[doc(hidden)]
 pub mod fuzzing;

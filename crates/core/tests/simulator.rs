@@ -1,38 +1,12 @@
 //! The simulator end to end: many seeds pass, runs replay bit for bit, and deliberately
 //! broken protocol variants are caught within a stated number of seeds.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-
 use lockstep_core::config::Bugs;
 use lockstep_core::sim::{self, SimConfig};
 
 /// Runs seeds `0..limit` on two threads until one fails; returns the failing seed found first.
 fn hunt(cfg: &SimConfig, limit: u64) -> Option<(u64, &'static str)> {
-    let next = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..2)
-        .map(|_| {
-            let (next, stop, cfg) = (next.clone(), stop.clone(), cfg.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let seed = next.fetch_add(1, Ordering::Relaxed);
-                    if seed >= limit {
-                        return None;
-                    }
-                    if let Err(f) = sim::run(seed, &cfg) {
-                        stop.store(true, Ordering::Relaxed);
-                        return Some((seed, f.check));
-                    }
-                }
-                None
-            })
-        })
-        .collect();
-    workers
-        .into_iter()
-        .filter_map(|w| w.join().ok().flatten())
-        .min()
+    sim::hunt(limit, 2, |seed| sim::run(seed, cfg))
 }
 
 /// A harsher profile: faults every ~30 ms, one entry per message, short runs.
@@ -150,30 +124,7 @@ use lockstep_core::sim::production::{runtime_bug_by_name, Simulation};
 
 /// Runs seeds `0..limit` of `sim` on two threads; returns the first failing seed found.
 fn hunt_production(sim: &Simulation, limit: u64) -> Option<(u64, &'static str)> {
-    let next = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..2)
-        .map(|_| {
-            let (next, stop, sim) = (next.clone(), stop.clone(), sim.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let seed = next.fetch_add(1, Ordering::Relaxed);
-                    if seed >= limit {
-                        return None;
-                    }
-                    if let Err(f) = sim.clone().with_seed(seed).run() {
-                        stop.store(true, Ordering::Relaxed);
-                        return Some((seed, f.check));
-                    }
-                }
-                None
-            })
-        })
-        .collect();
-    workers
-        .into_iter()
-        .filter_map(|w| w.join().ok().flatten())
-        .min()
+    sim::hunt(limit, 2, |seed| sim.clone().with_seed(seed).run())
 }
 
 fn planted(name: &str) -> Simulation {
@@ -195,17 +146,14 @@ fn a_production_seed_replays_bit_for_bit() {
     let b = Simulation::new(5).run().unwrap();
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
     assert!(a.ops_ok > 0 && a.elections > 0 && a.crashes > 0, "{a:?}");
-    let f = planted("lease-from-processed-ticks")
-        .with_seed(2)
-        .run()
-        .unwrap_err();
-    let g = planted("lease-from-processed-ticks")
-        .with_seed(2)
-        .run()
-        .unwrap_err();
+    let bug = planted("lease-from-processed-ticks");
+    let (seed, _) = hunt_production(&bug, 2000).expect("the planted bug is caught");
+    let f = bug.clone().with_seed(seed).run().unwrap_err();
+    let g = bug.with_seed(seed).run().unwrap_err();
     assert_eq!(f, g);
     assert!(
-        f.replay.contains("--seed 2") && f.replay.contains("--bug lease-from-processed-ticks"),
+        f.replay.contains(&format!("--seed {seed}"))
+            && f.replay.contains("--bug lease-from-processed-ticks"),
         "{}",
         f.replay
     );

@@ -57,6 +57,13 @@ pub struct PortingFromDEngine;
 #[doc = include_str!("../../../docs/internals/protocol.md")]
 pub struct InternalsProtocol;
 
+/// docs/internals/simulator.md (the simulator needs `testing`)
+#[cfg_attr(
+    all(feature = "testing", feature = "file"),
+    doc = include_str!("../../../docs/internals/simulator.md")
+)]
+pub struct InternalsSimulator;
+
 /// docs/testing.md
 #[doc = include_str!("../../../docs/testing.md")]
 pub struct Testing;

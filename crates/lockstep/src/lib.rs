@@ -77,9 +77,11 @@ pub use lockstep_storage_file as storage_file;
 #[cfg(feature = "testing")]
 pub use lockstep_core::testing;
 
-/// The deterministic cluster simulator (feature `testing`).
+/// The deterministic cluster simulators (feature `testing`): the protocol simulator
+/// ([`sim::run`]) and the production simulator ([`sim::Simulation`]), which runs your
+/// state machine on the real runtime, handler and file store; see `docs/testing.md`.
 #[cfg(feature = "testing")]
-pub use lockstep_core::sim;
+pub mod sim;
 
 /// Names for the seed documents' APIs: `StateMachineTrait` and the `StateMachine` handle
 /// type of the Octopii-style API (`Arc<dyn StateMachineTrait>`).

@@ -16,7 +16,13 @@
 //! - `<first index, 20 digits>.wal`: segments (format in [`format`]).
 //! - `meta-a`, `meta-b`: the two slots of the metadata record.
 //!
-//! Unix only (positioned reads and writes).
+//! ## Filesystem
+//! Both stores do all their I/O through a [`lockstep_core::fs::Fs`]. `open`/`open_with` use
+//! the real filesystem ([`lockstep_core::fs::StdFs`], Unix only: positioned reads and
+//! writes); [`FileLogStore::open_in`], [`FileLogStore::open_in_with`] and
+//! [`FileSnapshotStore::open_in`] take any other, such as the simulated disk
+//! [`lockstep_core::fs::SimFs`] of a deterministic simulator, which loses what was not
+//! synced when it crashes.
 
 mod error;
 mod fsutil;
@@ -26,6 +32,8 @@ mod meta;
 mod record;
 mod recovery;
 mod segment;
+#[cfg(feature = "testing")]
+pub mod sim;
 mod snapshot;
 mod store;
 

@@ -9,12 +9,12 @@
 //! body = hard state | purge point term u64, index u64 | has snapshot u8 | [snapshot meta]
 //! ```
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::BufMut;
 use lockstep_core::codec::{self, Reader};
+use lockstep_core::fs::{Fs, FsFile};
 use lockstep_core::{HardState, LogId, SnapshotMeta};
 
 use crate::error::{FileStoreError, Result};
@@ -42,8 +42,9 @@ pub const SLOT_NAMES: [&str; 2] = ["meta-a", "meta-b"];
 /// The two slot files and which one holds the newest copy.
 #[derive(Debug)]
 pub struct MetaFile {
+    fs: Arc<dyn Fs>,
     dir: PathBuf,
-    files: [Option<File>; 2],
+    files: [Option<Box<dyn FsFile>>; 2],
     newest: Option<usize>,
     seq: u64,
 }
@@ -71,6 +72,15 @@ fn encode(meta: &Meta, seq: u64) -> Vec<u8> {
 }
 
 /// Parses one slot: `Ok(None)` for an empty file, `Err(detail)` for a damaged one.
+/// True if `buf` holds less than the slot record it starts declares (a write cut short).
+fn is_cut_short(buf: &[u8]) -> bool {
+    if buf.len() < PREFIX {
+        return MAGIC.starts_with(&buf[..buf.len().min(MAGIC.len())]);
+    }
+    let len = u32::from_le_bytes([buf[16], buf[17], buf[18], buf[19]]) as usize;
+    buf[..8] == MAGIC && len <= MAX_BODY && PREFIX + len > buf.len()
+}
+
 fn decode(buf: &[u8]) -> Result<Option<(u64, Meta)>, (u64, String)> {
     if buf.is_empty() {
         return Ok(None);
@@ -119,17 +129,18 @@ fn decode(buf: &[u8]) -> Result<Option<(u64, Meta)>, (u64, String)> {
 impl MetaFile {
     /// Reads both slots of `dir` without changing anything; returns the newest valid copy
     /// (the default when neither slot exists).
-    pub fn load(dir: &Path) -> Result<(MetaFile, Meta)> {
+    pub fn load(fs: Arc<dyn Fs>, dir: &Path) -> Result<(MetaFile, Meta)> {
         let mut best: Option<(usize, u64, Meta)> = None;
         let mut damage: Option<FileStoreError> = None;
+        let mut short = false;
         let mut present = 0;
         for (i, name) in SLOT_NAMES.iter().enumerate() {
             let path = dir.join(name);
-            if !path.exists() {
+            if !fs.exists(&path) {
                 continue;
             }
             present += 1;
-            let buf = fsutil::read_file(&path)?;
+            let buf = fsutil::read_file(&*fs, &path)?;
             match decode(&buf) {
                 Ok(Some((seq, meta))) => {
                     if best.as_ref().is_none_or(|(_, s, _)| seq > *s) {
@@ -137,14 +148,21 @@ impl MetaFile {
                     }
                 }
                 Ok(None) => {}
-                Err((off, detail)) => damage = Some(FileStoreError::corrupt(&path, off, detail)),
+                Err((off, detail)) => {
+                    short = is_cut_short(&buf);
+                    damage = Some(FileStoreError::corrupt(&path, off, detail));
+                }
             }
         }
-        // One damaged slot next to a valid one is a save torn by a crash; both damaged (or
-        // the only one) is corruption.
+        // One damaged slot next to a valid one is a save torn by a crash. The only slot cut
+        // short is the very first save, torn by a crash before its sync (so nothing relied
+        // on it): the store is as new. Anything else (both damaged, or the only slot
+        // complete but failing its checksum) is corruption.
         if best.is_none() && present > 0 {
             if let Some(e) = damage {
-                return Err(e);
+                if !(present == 1 && short) {
+                    return Err(e);
+                }
             }
         }
         let (newest, seq, meta) = match best {
@@ -153,6 +171,7 @@ impl MetaFile {
         };
         Ok((
             MetaFile {
+                fs,
                 dir: dir.to_path_buf(),
                 files: [None, None],
                 newest,
@@ -167,10 +186,8 @@ impl MetaFile {
     pub fn sync_slots(&self) -> Result<()> {
         for name in SLOT_NAMES {
             let path = self.dir.join(name);
-            match File::open(&path) {
-                Ok(f) => fsutil::sync_data(&f, &path)?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(FileStoreError::io("open", &path, e)),
+            if let Some(f) = fsutil::open_read_if_exists(&*self.fs, &path)? {
+                fsutil::sync_data(&*f, &path)?;
             }
         }
         Ok(())
@@ -185,10 +202,10 @@ impl MetaFile {
         };
         let path = self.dir.join(SLOT_NAMES[slot]);
         if self.files[slot].is_none() {
-            let existed = path.exists();
-            self.files[slot] = Some(fsutil::open_rw(&path, true)?);
+            let existed = self.fs.exists(&path);
+            self.files[slot] = Some(fsutil::open_rw(&*self.fs, &path, true)?);
             if !existed {
-                fsutil::sync_dir(&self.dir)?;
+                fsutil::sync_dir(&*self.fs, &self.dir)?;
             }
         }
         let Some(f) = self.files[slot].as_ref() else {
@@ -203,7 +220,7 @@ impl MetaFile {
             .map_err(|e| FileStoreError::io("write", &path, e))?;
         f.set_len(buf.len() as u64)
             .map_err(|e| FileStoreError::io("truncate", &path, e))?;
-        fsutil::sync_data(f, &path)?;
+        fsutil::sync_data(&**f, &path)?;
         self.seq += 1;
         self.newest = Some(slot);
         Ok(())
@@ -213,12 +230,17 @@ impl MetaFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lockstep_core::fs::StdFs;
     use lockstep_core::MembershipConfig;
+
+    fn load(dir: &Path) -> Result<(MetaFile, Meta)> {
+        MetaFile::load(Arc::new(StdFs), dir)
+    }
 
     #[test]
     fn the_newest_valid_slot_wins_and_a_torn_slot_falls_back() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut f, m) = MetaFile::load(dir.path()).unwrap();
+        let (mut f, m) = load(dir.path()).unwrap();
         assert_eq!(m, Meta::default());
         let a = Meta {
             hard_state: HardState {
@@ -236,17 +258,42 @@ mod tests {
         b.hard_state.term = 9;
         f.save(&a).unwrap();
         f.save(&b).unwrap();
-        assert_eq!(MetaFile::load(dir.path()).unwrap().1, b);
+        assert_eq!(load(dir.path()).unwrap().1, b);
         // Tear the newest slot (meta-b): the older one is used.
         let p = dir.path().join("meta-b");
         let len = std::fs::metadata(&p).unwrap().len();
-        let file = fsutil::open_rw(&p, false).unwrap();
+        let file = fsutil::open_rw(&StdFs, &p, false).unwrap();
         file.set_len(len - 5).unwrap();
-        assert_eq!(MetaFile::load(dir.path()).unwrap().1, a);
+        assert_eq!(load(dir.path()).unwrap().1, a);
         // Both damaged: corruption naming a slot file.
-        let file = fsutil::open_rw(&dir.path().join("meta-a"), false).unwrap();
+        let file = fsutil::open_rw(&StdFs, &dir.path().join("meta-a"), false).unwrap();
         file.write_all_at(b"garbage!", 0).unwrap();
-        let err = MetaFile::load(dir.path()).unwrap_err();
+        let err = load(dir.path()).unwrap_err();
         assert!(err.to_string().contains("meta-"), "{err}");
+    }
+
+    /// Regression (found by the production simulator, seed 1332): a crash tore the very
+    /// first metadata save, before its sync, and every later start refused the store as
+    /// corrupt. Only the lone slot cut short is a torn first save; a complete lone slot
+    /// failing its checksum (a flipped bit in synced data) is still corruption.
+    #[test]
+    fn a_lone_first_slot_cut_short_is_a_torn_save_but_a_damaged_complete_one_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut f, _) = load(dir.path()).unwrap();
+        let mut m = Meta::default();
+        m.hard_state.term = 4;
+        f.save(&m).unwrap();
+        let p = dir.path().join("meta-a");
+        let full = std::fs::read(&p).unwrap();
+        for cut in [3, PREFIX - 1, PREFIX + 2, full.len() - 1] {
+            std::fs::write(&p, &full[..cut]).unwrap();
+            assert_eq!(load(dir.path()).unwrap().1, Meta::default(), "cut at {cut}");
+        }
+        let mut flipped = full.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x10;
+        std::fs::write(&p, &flipped).unwrap();
+        let err = load(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("meta-a"), "{err}");
     }
 }

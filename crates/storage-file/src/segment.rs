@@ -1,10 +1,9 @@
 //! One WAL segment file: its handle, the offsets of its records and range reads.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use lockstep_core::fs::{Fs, FsFile, OpenMode};
 use lockstep_core::{Entry, Index};
 
 use crate::error::{FileStoreError, Result};
@@ -33,7 +32,7 @@ pub struct Segment {
     /// Path of the file.
     pub path: PathBuf,
     /// The open file (read and write).
-    pub file: File,
+    pub file: Box<dyn FsFile>,
     /// Bytes of valid data (header and whole records).
     pub len: u64,
     /// File offset of each record: record `k` holds entry `first + k`.
@@ -45,13 +44,10 @@ pub struct Segment {
 impl Segment {
     /// Creates a new segment file holding only its header (not synced; the caller syncs the
     /// file and the directory).
-    pub fn create(dir: &Path, first: Index) -> Result<Segment> {
+    pub fn create(fs: &dyn Fs, dir: &Path, first: Index) -> Result<Segment> {
         let path = dir.join(segment_name(first));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
+        let file = fs
+            .open(&path, OpenMode::CreateNew)
             .map_err(|e| FileStoreError::io("create", &path, e))?;
         file.write_all_at(&record::encode_header(first), 0)
             .map_err(|e| FileStoreError::io("write", &path, e))?;
@@ -126,7 +122,7 @@ impl Segment {
     /// `fdatasync`s the file if it was written since the last call.
     pub fn sync(&mut self) -> Result<()> {
         if self.dirty {
-            fsutil::sync_data(&self.file, &self.path)?;
+            fsutil::sync_data(&*self.file, &self.path)?;
             self.dirty = false;
         }
         Ok(())

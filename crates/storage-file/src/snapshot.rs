@@ -20,7 +20,6 @@
 //! and it never removes the newest snapshot nor one that has an open reader.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::BufMut;
 use lockstep_core::codec::{self, Reader};
+use lockstep_core::fs::{FileCursor, Fs, OpenMode, StdFs};
 use lockstep_core::{
     LogId, SnapshotMeta, SnapshotReader, SnapshotStore, SnapshotWriter, StagedSnapshot,
     StorageError,
@@ -44,8 +44,12 @@ const MAX_META: usize = 64 << 20;
 const IO_BUFFER: usize = 256 << 10;
 
 /// A [`SnapshotStore`] keeping each snapshot in its own checksummed file in one directory.
+///
+/// All I/O goes through an [`Fs`]: the real filesystem ([`FileSnapshotStore::open`]) or any
+/// other ([`FileSnapshotStore::open_in`]).
 #[derive(Debug)]
 pub struct FileSnapshotStore {
+    fs: Arc<dyn Fs>,
     dir: PathBuf,
     tmp_seq: AtomicU64,
     /// Open readers per snapshot; held by [`FileSnapshotStore::retain`] throughout, which
@@ -180,19 +184,26 @@ fn parse_header(path: &Path, buf: &[u8], file_len: u64) -> Result<Header> {
 impl FileSnapshotStore {
     /// Opens (or creates) the snapshot directory, removing temporary files a crash left.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_in(Arc::new(StdFs), dir)
+    }
+
+    /// Opens (or creates) the snapshot directory `dir` of the filesystem `fs`, removing
+    /// temporary files a crash left.
+    pub fn open_in(fs: Arc<dyn Fs>, dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
-        fsutil::ensure_dir(&dir)?;
+        fsutil::ensure_dir(&*fs, &dir)?;
         let mut removed = false;
-        for (name, path) in Self::names(&dir)? {
+        for (name, path) in fsutil::list(&*fs, &dir)? {
             if name.ends_with(".snap.tmp") {
-                fsutil::remove(&path)?;
+                fsutil::remove(&*fs, &path)?;
                 removed = true;
             }
         }
         if removed {
-            fsutil::sync_dir(&dir)?;
+            fsutil::sync_dir(&*fs, &dir)?;
         }
         Ok(Self {
+            fs,
             dir,
             tmp_seq: AtomicU64::new(0),
             readers: Arc::new(Mutex::new(Readers::new())),
@@ -204,26 +215,19 @@ impl FileSnapshotStore {
         &self.dir
     }
 
+    /// The filesystem the store works on.
+    pub fn fs(&self) -> &Arc<dyn Fs> {
+        &self.fs
+    }
+
     /// Path of the file of snapshot `id` (whether or not it exists).
     pub fn path_of(&self, id: LogId) -> PathBuf {
         self.dir.join(snapshot_name(id))
     }
 
-    fn names(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-        let rd = std::fs::read_dir(dir).map_err(|e| FileStoreError::io("list", dir, e))?;
-        let mut out = Vec::new();
-        for ent in rd {
-            let ent = ent.map_err(|e| FileStoreError::io("list", dir, e))?;
-            if let Some(n) = ent.file_name().to_str() {
-                out.push((n.to_string(), ent.path()));
-            }
-        }
-        Ok(out)
-    }
-
     /// Stored snapshot ids (from the file names), oldest first.
     fn ids(&self) -> Result<Vec<LogId>> {
-        let mut ids: Vec<LogId> = Self::names(&self.dir)?
+        let mut ids: Vec<LogId> = fsutil::list(&*self.fs, &self.dir)?
             .iter()
             .filter_map(|(n, _)| parse_name(n))
             .collect();
@@ -246,17 +250,25 @@ impl FileSnapshotStore {
             snapshot_name(meta.last_log_id),
             std::process::id()
         ));
-        let mut f = File::create(&tmp).map_err(|e| FileStoreError::io("create", &tmp, e))?;
+        let f = self
+            .fs
+            .open(&tmp, OpenMode::CreateTruncate)
+            .map_err(|e| FileStoreError::io("create", &tmp, e))?;
+        let mut f = FileCursor::new(f);
         // A placeholder header (all zeros: invalid magic) until `finish` knows the data's
         // length and checksum.
         let placeholder = vec![0u8; HEADER + meta_bytes.len()];
         if let Err(e) = f.write_all(&placeholder) {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = self.fs.remove_file(&tmp);
             return Err(FileStoreError::io("write", &tmp, e));
         }
         Ok(FileSnapshotWriter {
+            fs: self.fs.clone(),
             out: Some(BufWriter::with_capacity(IO_BUFFER, f)),
-            tmp: Some(TempFile(tmp)),
+            tmp: Some(TempFile {
+                fs: self.fs.clone(),
+                path: tmp,
+            }),
             path: self.path_of(meta.last_log_id),
             dir: self.dir.clone(),
             last: meta.last_log_id,
@@ -270,20 +282,18 @@ impl FileSnapshotStore {
         // Registered before the file is opened: a retention running now either sees the
         // reader and keeps the file, or removed it first and the open finds nothing.
         let guard = ReaderGuard::register(&self.readers, last);
-        open_reader(&self.path_of(last), last, Some(guard))
+        open_reader(&*self.fs, &self.path_of(last), last, Some(guard))
     }
 
     fn list_inner(&self) -> Result<Vec<SnapshotMeta>> {
         let mut out = Vec::new();
         for id in self.ids()? {
             let path = self.path_of(id);
-            let mut f = match File::open(&path) {
-                Ok(f) => f,
-                // Removed by a retention since it was listed.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(FileStoreError::io("open", &path, e)),
+            // Gone: removed by a retention since it was listed.
+            let Some(f) = fsutil::open_read_if_exists(&*self.fs, &path)? else {
+                continue;
             };
-            out.push(read_head(&path, &mut f)?.meta);
+            out.push(read_head(&path, &mut FileCursor::new(f))?.meta);
         }
         Ok(out)
     }
@@ -300,8 +310,8 @@ impl FileSnapshotStore {
     /// a snapshot already gone is fine.
     fn remove_inner(&self, last: LogId) -> Result<()> {
         let _readers = lock_readers(&self.readers);
-        if fsutil::remove_if_exists(&self.path_of(last))? {
-            fsutil::sync_dir(&self.dir)?;
+        if fsutil::remove_if_exists(&*self.fs, &self.path_of(last))? {
+            fsutil::sync_dir(&*self.fs, &self.dir)?;
         }
         Ok(())
     }
@@ -316,25 +326,25 @@ impl FileSnapshotStore {
                 tracing::debug!(snapshot = %id, "keeping an old snapshot that is being read");
                 continue;
             }
-            if fsutil::remove_if_exists(&self.path_of(*id))? {
+            if fsutil::remove_if_exists(&*self.fs, &self.path_of(*id))? {
                 removed = true;
             } else {
                 tracing::debug!(snapshot = %id, "old snapshot already removed");
             }
         }
         if removed {
-            fsutil::sync_dir(&self.dir)?;
+            fsutil::sync_dir(&*self.fs, &self.dir)?;
         }
         Ok(())
     }
 }
 
 /// Reads and checks the header of an open snapshot file, leaving `f` at the data.
-fn read_head(path: &Path, f: &mut File) -> Result<Header> {
+fn read_head(path: &Path, f: &mut FileCursor) -> Result<Header> {
     let file_len = f
-        .metadata()
-        .map_err(|e| FileStoreError::io("stat", path, e))?
-        .len();
+        .get_ref()
+        .len()
+        .map_err(|e| FileStoreError::io("stat", path, e))?;
     let mut head = [0u8; HEADER];
     let n = read_up_to(f, &mut head).map_err(|e| FileStoreError::io("read", path, e))?;
     let meta_len = if n == HEADER {
@@ -355,15 +365,15 @@ fn read_head(path: &Path, f: &mut File) -> Result<Header> {
 /// Opens the snapshot file at `path`, which must hold snapshot `last`; the reader holds
 /// `guard` (if any) until dropped.
 fn open_reader(
+    fs: &dyn Fs,
     path: &Path,
     last: LogId,
     guard: Option<ReaderGuard>,
 ) -> Result<Option<SnapshotReader>> {
-    let mut f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(FileStoreError::io("open", path, e)),
+    let Some(f) = fsutil::open_read_if_exists(fs, path)? else {
+        return Ok(None);
     };
+    let mut f = FileCursor::new(f);
     let h = read_head(path, &mut f)?;
     if h.meta.last_log_id != last {
         return Err(FileStoreError::corrupt(
@@ -390,7 +400,7 @@ fn open_reader(
 
 /// Reads a snapshot file's data, checking its CRC32C when the data ends.
 struct DataReader {
-    input: BufReader<File>,
+    input: BufReader<FileCursor>,
     path: PathBuf,
     start: u64,
     left: u64,
@@ -441,26 +451,30 @@ impl Read for DataReader {
 }
 
 /// A temporary file, removed when dropped unless it was renamed away ([`TempFile::keep`]).
-struct TempFile(PathBuf);
+struct TempFile {
+    fs: Arc<dyn Fs>,
+    path: PathBuf,
+}
 
 impl TempFile {
     /// The file was renamed: nothing to remove.
     fn keep(mut self) {
-        self.0 = PathBuf::new();
+        self.path = PathBuf::new();
     }
 }
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        if !self.0.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.0);
+        if !self.path.as_os_str().is_empty() {
+            let _ = self.fs.remove_file(&self.path);
         }
     }
 }
 
 /// A snapshot being written into a [`FileSnapshotStore`] (a temporary file).
 struct FileSnapshotWriter {
-    out: Option<BufWriter<File>>,
+    fs: Arc<dyn Fs>,
+    out: Option<BufWriter<FileCursor>>,
     tmp: Option<TempFile>,
     path: PathBuf,
     dir: PathBuf,
@@ -472,7 +486,10 @@ struct FileSnapshotWriter {
 
 impl FileSnapshotWriter {
     fn tmp_path(&self) -> PathBuf {
-        self.tmp.as_ref().map(|t| t.0.clone()).unwrap_or_default()
+        self.tmp
+            .as_ref()
+            .map(|t| t.path.clone())
+            .unwrap_or_default()
     }
 
     fn finish_inner(mut self) -> Result<FileStaged> {
@@ -494,9 +511,9 @@ impl FileSnapshotWriter {
         head.extend_from_slice(&self.meta_bytes);
         f.seek(SeekFrom::Start(0)).map_err(io)?;
         f.write_all(&head).map_err(io)?;
-        f.sync_all()
-            .map_err(|e| FileStoreError::io("fsync", &tmp, e))?;
+        fsutil::sync_all(f.get_ref(), &tmp)?;
         Ok(FileStaged {
+            fs: self.fs.clone(),
             tmp: self.tmp.take(),
             path: self.path.clone(),
             dir: self.dir.clone(),
@@ -533,6 +550,7 @@ impl SnapshotWriter for FileSnapshotWriter {
 
 /// A complete, synced snapshot file still under its temporary name.
 struct FileStaged {
+    fs: Arc<dyn Fs>,
     tmp: Option<TempFile>,
     path: PathBuf,
     dir: PathBuf,
@@ -541,8 +559,12 @@ struct FileStaged {
 
 impl StagedSnapshot for FileStaged {
     fn reader(&self) -> Result<SnapshotReader, StorageError> {
-        let tmp = self.tmp.as_ref().map(|t| t.0.clone()).unwrap_or_default();
-        open_reader(&tmp, self.last, None)?.ok_or_else(|| {
+        let tmp = self
+            .tmp
+            .as_ref()
+            .map(|t| t.path.clone())
+            .unwrap_or_default();
+        open_reader(&*self.fs, &tmp, self.last, None)?.ok_or_else(|| {
             FileStoreError::io(
                 "open",
                 &tmp,
@@ -558,15 +580,15 @@ impl StagedSnapshot for FileStaged {
                 "staged snapshot already committed".into(),
             ));
         };
-        if let Err(e) = std::fs::rename(&tmp.0, &self.path) {
-            return Err(FileStoreError::io("rename", &tmp.0, e).into());
+        if let Err(e) = self.fs.rename(&tmp.path, &self.path) {
+            return Err(FileStoreError::io("rename", &tmp.path, e).into());
         }
         tmp.keep();
-        Ok(fsutil::sync_dir(&self.dir)?)
+        Ok(fsutil::sync_dir(&*self.fs, &self.dir)?)
     }
 }
 
-fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_up_to(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match f.read(&mut buf[n..])? {

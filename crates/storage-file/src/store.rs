@@ -2,7 +2,9 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use lockstep_core::fs::{Fs, StdFs};
 use lockstep_core::{
     Entry, HardState, Index, LogId, LogStore, SnapshotMeta, StorageError, StoredLog, Term,
 };
@@ -48,9 +50,14 @@ impl Default for FileLogOptions {
 /// - Once a write or sync has failed, every later mutation fails (fail-stop): after a
 ///   failed `fdatasync` the page cache cannot be trusted.
 ///
+/// All I/O goes through an [`Fs`]: the real filesystem ([`FileLogStore::open`],
+/// [`FileLogStore::open_with`]) or any other, such as the simulated disk
+/// [`lockstep_core::fs::SimFs`] ([`FileLogStore::open_in`], [`FileLogStore::open_in_with`]).
+///
 /// Only one process may open a directory at a time (not enforced).
 #[derive(Debug)]
 pub struct FileLogStore {
+    fs: Arc<dyn Fs>,
     dir: PathBuf,
     opts: FileLogOptions,
     segments: Vec<Segment>,
@@ -77,9 +84,25 @@ impl FileLogStore {
     /// other damage is [`FileStoreError::Corrupt`] naming the file and byte offset, with
     /// nothing on disk changed.
     pub fn open_with(dir: impl AsRef<Path>, opts: FileLogOptions) -> Result<Self> {
+        Self::open_in_with(Arc::new(StdFs), dir, opts)
+    }
+
+    /// Opens (or creates) the store in `dir` of the filesystem `fs`, with default options.
+    pub fn open_in(fs: Arc<dyn Fs>, dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_in_with(fs, dir, FileLogOptions::default())
+    }
+
+    /// Opens (or creates) the store in `dir` of the filesystem `fs`; otherwise as
+    /// [`FileLogStore::open_with`].
+    pub fn open_in_with(
+        fs: Arc<dyn Fs>,
+        dir: impl AsRef<Path>,
+        opts: FileLogOptions,
+    ) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
-        let r = recovery::recover(&dir)?;
+        let r = recovery::recover(&fs, &dir)?;
         Ok(Self {
+            fs,
             dir,
             opts,
             segments: r.segments,
@@ -100,6 +123,11 @@ impl FileLogStore {
     /// The directory of the store.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The filesystem the store works on.
+    pub fn fs(&self) -> &Arc<dyn Fs> {
+        &self.fs
     }
 
     /// Paths of the segment files in use, oldest first.
@@ -135,7 +163,7 @@ impl FileLogStore {
             s.sync()?;
         }
         if self.dir_dirty {
-            fsutil::sync_dir(&self.dir)?;
+            fsutil::sync_dir(&*self.fs, &self.dir)?;
             self.dir_dirty = false;
         }
         Ok(())
@@ -145,7 +173,7 @@ impl FileLogStore {
         // The old segment is complete before any record exists in the new one, so recovery
         // never finds a torn record before the last segment.
         self.sync_wal()?;
-        let seg = Segment::create(&self.dir, first)?;
+        let seg = Segment::create(&*self.fs, &self.dir, first)?;
         self.segments.push(seg);
         self.dir_dirty = true;
         Ok(())
@@ -257,8 +285,8 @@ impl FileLogStore {
         while self.segments.last().is_some_and(|s| s.first >= from) {
             if let Some(s) = self.segments.pop() {
                 drop(s.file);
-                fsutil::remove(&s.path)?;
-                fsutil::sync_dir(&self.dir)?;
+                fsutil::remove(&*self.fs, &s.path)?;
+                fsutil::sync_dir(&*self.fs, &self.dir)?;
             }
         }
         if let Some(s) = self.segments.last_mut() {
@@ -287,11 +315,11 @@ impl FileLogStore {
         {
             let s = self.segments.remove(0);
             drop(s.file);
-            fsutil::remove(&s.path)?;
+            fsutil::remove(&*self.fs, &s.path)?;
             removed = true;
         }
         if removed {
-            fsutil::sync_dir(&self.dir)?;
+            fsutil::sync_dir(&*self.fs, &self.dir)?;
         }
         Ok(())
     }

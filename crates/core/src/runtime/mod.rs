@@ -368,24 +368,7 @@ impl Node {
         let tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
         // A store that never blocks is written on the core task; others get a writer thread
         // (a task of the simulated runtime, in the simulator).
-        let (inline, log_thread) = if let Some(latency) = env.sync_latency.clone() {
-            let t = log_writer::spawn_task(
-                log_writer::Writer {
-                    id,
-                    store: log_store,
-                    ops: log_rx,
-                    core: tx.clone(),
-                    killed: killed.clone(),
-                    metrics: node_metrics.clone(),
-                },
-                latency,
-                env.gate(),
-            );
-            if let Ok(mut t2) = tasks.lock() {
-                t2.push(t);
-            }
-            (None, None)
-        } else if log_store.never_blocks() {
+        let (inline, log_thread) = if env.sync_latency.is_none() && log_store.never_blocks() {
             (
                 Some(core::InlineLog::new(
                     log_store,
@@ -395,16 +378,27 @@ impl Node {
                 None,
             )
         } else {
-            let t = log_writer::spawn(log_writer::Writer {
+            let writer = log_writer::Writer {
                 id,
                 store: log_store,
                 ops: log_rx,
                 core: tx.clone(),
                 killed: killed.clone(),
                 metrics: node_metrics.clone(),
-            })
-            .map_err(StartError::Thread)?;
-            (None, Some(t))
+            };
+            match env.sync_latency.clone() {
+                Some(latency) => {
+                    let t = log_writer::spawn_task(writer, latency, env.gate());
+                    if let Ok(mut all) = tasks.lock() {
+                        all.push(t);
+                    }
+                    (None, None)
+                }
+                None => (
+                    None,
+                    Some(log_writer::spawn(writer).map_err(StartError::Thread)?),
+                ),
+            }
         };
         let log_thread: LogThread = Arc::new(Mutex::new(log_thread));
         let (status_tx, status_rx) =

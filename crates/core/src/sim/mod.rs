@@ -308,6 +308,42 @@ pub fn replay_command(seed: u64, config: &SimConfig) -> String {
     cmd
 }
 
+/// Runs seeds `0..limit` of `run` on `threads` threads until one fails; returns the
+/// smallest failing seed found, with the check that failed (for tests that assert a planted
+/// bug is caught within a bound, or that a correct build passes).
+pub fn hunt<R>(
+    limit: u64,
+    threads: usize,
+    run: impl Fn(u64) -> Result<R, SimFailure> + Send + Sync,
+) -> Option<(u64, &'static str)> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let next = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                s.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        let seed = next.fetch_add(1, Ordering::Relaxed);
+                        if seed >= limit {
+                            return None;
+                        }
+                        if let Err(f) = run(seed) {
+                            stop.store(true, Ordering::Relaxed);
+                            return Some((seed, f.check));
+                        }
+                    }
+                    None
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .filter_map(|w| w.join().ok().flatten())
+            .min()
+    })
+}
+
 /// Runs one seed to completion.
 pub fn run(seed: u64, config: &SimConfig) -> Result<SimReport, SimFailure> {
     World::new(seed, config.clone()).run()

@@ -87,39 +87,24 @@ impl MemDisk {
         Self::default()
     }
 
-    /// The term of the entry durable at `index`, or of the durable snapshot covering it.
-    pub fn durable_term(&self, index: Index) -> Option<Term> {
-        let img = self.0.lock().ok()?;
-        if let Some(s) = img
-            .snapshot
-            .as_ref()
-            .filter(|s| s.last_log_id.index >= index)
-        {
-            return Some(s.last_log_id.term)
-                .filter(|_| s.last_log_id.index == index)
-                .or(Some(0));
-        }
-        let pos = index.checked_sub(img.offset.index + 1)?;
-        img.entries.get(pos as usize).map(|e| e.log_id.term)
-    }
-
-    /// True if the entry `id` is durable on this disk, in the log or under the durable
-    /// snapshot.
-    pub fn durably_holds(&self, id: LogId) -> bool {
+    /// What this disk holds durably at `index` (for the simulator's durability check).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn durable_at(&self, index: Index) -> crate::sim::production::Held {
+        use crate::sim::production::Held;
         let Ok(img) = self.0.lock() else {
-            return false;
+            return Held::Nothing;
         };
         if img
             .snapshot
             .as_ref()
-            .is_some_and(|s| s.last_log_id.index >= id.index)
+            .is_some_and(|s| s.last_log_id.index >= index)
         {
-            return true;
+            return Held::Snapshot;
         }
-        id.index
+        index
             .checked_sub(img.offset.index + 1)
             .and_then(|p| img.entries.get(p as usize))
-            .is_some_and(|e| e.log_id == id)
+            .map_or(Held::Nothing, |e| Held::Entry(e.log_id.term))
     }
 
     /// Opens a store on this disk, recovering only what was synced.

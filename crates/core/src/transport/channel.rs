@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{Transport, TransportError, SNAPSHOT_CHUNK_BYTES};
+use super::{Transport, TransportError};
 use crate::message::Message;
 use crate::runtime::NodeInbox;
 use crate::storage::SnapshotReader;
@@ -122,27 +122,13 @@ impl Transport for ChannelTransport {
     async fn send_snapshot(
         &self,
         msg: Message,
-        mut data: SnapshotReader,
+        data: SnapshotReader,
     ) -> Result<(), TransportError> {
         let to = msg.to;
         let inbox = self.network.route(self.from, to)?;
-        let refused = |e: crate::runtime::SnapshotReceiveError| {
-            TransportError::Unreachable(to, format!("snapshot refused: {e}"))
-        };
-        let Some(mut receiver) = inbox.snapshot_receiver(msg).await.map_err(refused)? else {
-            // The receiver already holds this snapshot.
-            return Ok(());
-        };
-        // One chunk in flight: read, hand over, read the next.
-        while let Some(chunk) = data
-            .next_chunk(SNAPSHOT_CHUNK_BYTES)
-            .await
-            .map_err(|e| TransportError::Other(format!("reading the snapshot: {e}")))?
-        {
-            // A link cut mid-transfer breaks it, as a network would.
-            self.network.route(self.from, to)?;
-            receiver.write(chunk).await.map_err(refused)?;
-        }
-        receiver.finish().await.map_err(refused)
+        super::stream_snapshot(&inbox, msg, data, || {
+            self.network.route(self.from, to).map(|_| ())
+        })
+        .await
     }
 }

@@ -39,3 +39,31 @@ pub trait Transport: Send + Sync + 'static {
     async fn send_snapshot(&self, msg: Message, data: SnapshotReader)
         -> Result<(), TransportError>;
 }
+
+/// Streams `data` into `inbox` for the `InstallSnapshot` message `msg`, one chunk in flight
+/// at a time, for an in-process transport; `link` is asked before every chunk whether the
+/// link still stands (a cut mid-transfer breaks it, as a network would).
+pub async fn stream_snapshot(
+    inbox: &crate::runtime::NodeInbox,
+    msg: Message,
+    mut data: SnapshotReader,
+    link: impl Fn() -> Result<(), TransportError> + Send + Sync,
+) -> Result<(), TransportError> {
+    let to = msg.to;
+    let refused = |e: crate::runtime::SnapshotReceiveError| {
+        TransportError::Unreachable(to, format!("snapshot refused: {e}"))
+    };
+    let Some(mut receiver) = inbox.snapshot_receiver(msg).await.map_err(refused)? else {
+        // The receiver already holds this snapshot.
+        return Ok(());
+    };
+    while let Some(chunk) = data
+        .next_chunk(SNAPSHOT_CHUNK_BYTES)
+        .await
+        .map_err(|e| TransportError::Other(format!("reading the snapshot: {e}")))?
+    {
+        link()?;
+        receiver.write(chunk).await.map_err(refused)?;
+    }
+    receiver.finish().await.map_err(refused)
+}

@@ -202,7 +202,7 @@ pub(crate) fn digest(data: &[u8]) -> u64 {
 }
 
 /// A machine that records every command it applies into the shared [`AppliedLog`], and
-/// takes some simulated time per batch (as a real machine does: the windows between
+/// takes 0–10 ms of simulated time per batch (as a real machine does: the windows between
 /// commit and apply are where runtime bugs hide).
 pub(crate) struct Recorded {
     pub(crate) inner: Arc<dyn StateMachine>,
@@ -214,8 +214,8 @@ pub(crate) struct Recorded {
 impl Recorded {
     async fn take_time(&self) {
         let micros = self.latency.lock().map_or(0, |mut r| {
-            if r.chance(0.2) {
-                r.range(500, 4_000)
+            if r.chance(0.25) {
+                r.range(1_000, 10_000)
             } else {
                 r.range(0, 300)
             }

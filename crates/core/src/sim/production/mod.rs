@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use storage::{Crash, MemStorage, SimStorage};
+pub use storage::{Crash, Held, MemStorage, SimStorage, Stores};
 
 use super::{Faults, SimFailure, SimReport};
 use crate::config::RaftConfig;
@@ -242,7 +242,7 @@ impl Simulation {
     /// Runs the simulation to the end on this thread.
     pub fn run(mut self) -> Result<SimReport, SimFailure> {
         if matches!(self.workload, Workload::Models) {
-            self.workload = if self.seed % 2 == 1 {
+            self.workload = if !self.seed.is_multiple_of(2) {
                 Workload::PersistedKv
             } else {
                 Workload::Kv

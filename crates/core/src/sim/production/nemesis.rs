@@ -95,7 +95,7 @@ impl World {
             4 if f.fsync_failure && can_impair => {
                 let id = self.slots[victim].id;
                 self.slots[victim].sync_failing = true;
-                self.storage.fail_next_sync(id);
+                self.storage.fail_next_sync(id, &mut self.rng);
             }
             5 | 6 if f.snapshot => {
                 if let Some(n) = self.slots[victim].node.clone() {

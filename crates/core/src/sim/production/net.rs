@@ -12,7 +12,7 @@ use crate::message::Message;
 use crate::rng::Rng;
 use crate::runtime::NodeInbox;
 use crate::storage::SnapshotReader;
-use crate::transport::{Transport, TransportError, SNAPSHOT_CHUNK_BYTES};
+use crate::transport::{Transport, TransportError};
 use crate::types::NodeId;
 
 /// Links, fates and the running nodes' inboxes, shared by every node's transport.
@@ -78,34 +78,15 @@ impl Transport for SimTransport {
     async fn send_snapshot(
         &self,
         msg: Message,
-        mut data: SnapshotReader,
+        data: SnapshotReader,
     ) -> Result<(), TransportError> {
-        let to = msg.to;
         let delay = {
             let mut net = lock(&self.net);
             Network::delay(&mut net.rng)
         };
         tokio::time::sleep(Duration::from_micros(delay)).await;
-        let refused = |e: crate::runtime::SnapshotReceiveError| {
-            TransportError::Unreachable(to, e.to_string())
-        };
-        let Some(mut receiver) = self
-            .route(to)?
-            .snapshot_receiver(msg)
-            .await
-            .map_err(refused)?
-        else {
-            return Ok(());
-        };
-        while let Some(chunk) = data
-            .next_chunk(SNAPSHOT_CHUNK_BYTES)
-            .await
-            .map_err(|e| TransportError::Other(format!("reading the snapshot: {e}")))?
-        {
-            // A link cut mid-transfer breaks it.
-            self.route(to)?;
-            receiver.write(chunk).await.map_err(refused)?;
-        }
-        receiver.finish().await.map_err(refused)
+        let inbox = self.route(msg.to)?;
+        let to = msg.to;
+        crate::transport::stream_snapshot(&inbox, msg, data, || self.route(to).map(|_| ())).await
     }
 }

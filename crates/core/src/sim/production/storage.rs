@@ -22,16 +22,43 @@ pub enum Crash {
     },
 }
 
+/// What a node holds durably at one index ([`SimStorage::durable_at`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Held {
+    /// An entry of this term.
+    Entry(u64),
+    /// The index is covered by a durable snapshot.
+    Snapshot,
+    /// Nothing.
+    Nothing,
+}
+
+impl Held {
+    /// What a durable log with this snapshot and these entries holds at `index`.
+    pub fn in_log(snapshot: Option<LogId>, entries: &[LogId], index: u64) -> Held {
+        if snapshot.is_some_and(|s| s.index >= index) {
+            return Held::Snapshot;
+        }
+        match entries.iter().find(|e| e.index == index) {
+            Some(e) => Held::Entry(e.term),
+            None => Held::Nothing,
+        }
+    }
+}
+
+/// A node's log store and snapshot store, as one start opens them.
+pub type Stores = (Box<dyn LogStore>, Arc<dyn SnapshotStore>);
+
 /// The log and snapshot stores of every simulated node, across restarts.
 pub trait SimStorage: Send + Sync + 'static {
     /// Opens node `id`'s stores as a (re)started process finds them.
-    fn open(&self, id: NodeId) -> Result<(Box<dyn LogStore>, Arc<dyn SnapshotStore>), String>;
+    fn open(&self, id: NodeId) -> Result<Stores, String>;
 
     /// Node `id`'s process died this way (after its tasks stopped).
     fn crash(&self, id: NodeId, how: Crash, rng: &mut Rng);
 
-    /// The next sync of node `id`'s log fails (fail-stop).
-    fn fail_next_sync(&self, id: NodeId);
+    /// One of the next syncs of node `id`'s storage fails (fail-stop).
+    fn fail_next_sync(&self, id: NodeId, rng: &mut Rng);
 
     /// Flips one bit of data node `id` already synced, if the storage models that; the
     /// returned text names where. The next start of the node must report corruption, never
@@ -43,21 +70,10 @@ pub trait SimStorage: Send + Sync + 'static {
     /// Undoes the flip [`SimStorage::flip_synced_bit`] made on node `id`.
     fn repair(&self, _id: NodeId) {}
 
-    /// Whether entry `entry` is durable on node `id` (in its log, or under its durable
-    /// snapshot); `None` if the storage cannot tell. Lets the simulator check that every
-    /// committed entry is durable on a majority.
-    fn durably_holds(&self, _id: NodeId, _entry: LogId) -> Option<bool> {
-        None
-    }
-
-    /// True if [`SimStorage::durably_holds`] and [`SimStorage::durable_term`] answer.
-    fn models_durability(&self) -> bool {
-        false
-    }
-
-    /// The term of the entry durable at `index` on node `id` (0 if a durable snapshot
-    /// covers it), if the storage can tell.
-    fn durable_term(&self, _id: NodeId, _index: u64) -> Option<u64> {
+    /// What node `id` holds durably at `index` (what a power loss now would leave);
+    /// `None` if the storage cannot tell. Lets the simulator check that every committed
+    /// entry is durable on a majority.
+    fn durable_at(&self, _id: NodeId, _index: u64) -> Option<Held> {
         None
     }
 }
@@ -78,7 +94,7 @@ struct MemNode {
 }
 
 impl SimStorage for MemStorage {
-    fn open(&self, id: NodeId) -> Result<(Box<dyn LogStore>, Arc<dyn SnapshotStore>), String> {
+    fn open(&self, id: NodeId) -> Result<Stores, String> {
         let mut nodes = self.nodes.lock().map_err(|_| "storage lock poisoned")?;
         let n = nodes.entry(id).or_insert_with(|| MemNode {
             disk: MemDisk::new(),
@@ -94,20 +110,15 @@ impl SimStorage for MemStorage {
         // A MemDisk keeps exactly what was synced, whatever the kind of crash.
     }
 
-    fn durably_holds(&self, id: NodeId, entry: LogId) -> Option<bool> {
+    fn durable_at(&self, id: NodeId, index: u64) -> Option<Held> {
         let nodes = self.nodes.lock().ok()?;
-        Some(nodes.get(&id).is_some_and(|n| n.disk.durably_holds(entry)))
+        let Some(n) = nodes.get(&id) else {
+            return Some(Held::Nothing);
+        };
+        Some(n.disk.durable_at(index))
     }
 
-    fn models_durability(&self) -> bool {
-        true
-    }
-
-    fn durable_term(&self, id: NodeId, index: u64) -> Option<u64> {
-        self.nodes.lock().ok()?.get(&id)?.disk.durable_term(index)
-    }
-
-    fn fail_next_sync(&self, id: NodeId) {
+    fn fail_next_sync(&self, id: NodeId, _rng: &mut Rng) {
         if let Ok(nodes) = self.nodes.lock() {
             if let Some(switch) = nodes.get(&id).and_then(|n| n.fail_sync.clone()) {
                 if let Ok(mut s) = switch.lock() {
