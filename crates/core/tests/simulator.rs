@@ -141,6 +141,20 @@ fn production_nodes_pass_many_seeds_with_every_fault_kind() {
 }
 
 #[test]
+fn production_nodes_pass_many_seeds_with_membership_changes_on_five_processes() {
+    let sim = Simulation::new(0).with_membership_changes(5);
+    assert_eq!(hunt_production(&sim, 300), None);
+    let r = sim.with_seed(4).run().unwrap();
+    let changed = (0..50).any(|s| {
+        Simulation::new(s)
+            .with_membership_changes(5)
+            .run()
+            .is_ok_and(|r| r.membership_changes > 0)
+    });
+    assert!(changed, "some run changed the voters: {r:?}");
+}
+
+#[test]
 fn a_production_seed_replays_bit_for_bit() {
     let a = Simulation::new(5).run().unwrap();
     let b = Simulation::new(5).run().unwrap();

@@ -12,7 +12,8 @@
 //! `--bug NAME` (a deliberately broken protocol or runtime; alone, it reports the first seed
 //! that catches the bug). Protocol only: `--nemesis-ms N`, `--max-entries N`, `--clients N`,
 //! `--nodes N`, `--voters N`, `--new-leader-crash-pct P`, `--no-membership`,
-//! `--no-prevote-checkquorum`, `--scenario figure8`. Production only: `--persisted` or
+//! `--no-prevote-checkquorum`, `--scenario figure8`. Production only: `--nodes N` (N node
+//! processes, the first three voters, with membership changes), `--persisted` or
 //! `--kv` (one KV machine on every seed instead of alternating), `--memory` or `--file`
 //! (the storage; a runtime bug outside the file store is hunted on memory by default).
 
@@ -108,6 +109,9 @@ fn production(args: &[String]) -> (RunSeed, Option<String>) {
     };
     if let Some(ops) = arg(args, "--ops") {
         s = s.ops(ops as usize);
+    }
+    if let Some(n) = arg(args, "--nodes") {
+        s = s.with_membership_changes(n as usize);
     }
     if flag(args, "--persisted") {
         s = s.persisted_kv();

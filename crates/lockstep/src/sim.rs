@@ -4,10 +4,15 @@
 //!
 //! ```
 //! use lockstep::sim::Simulation;
-//! # use lockstep::KvStateMachine;
+//! use lockstep::{KvCommand, KvStateMachine};
 //!
 //! let report = Simulation::new(42)
 //!     .machine(KvStateMachine::new)
+//!     .commands(|rng| {
+//!         let key = (rng.next_u64() % 8).to_string();
+//!         let value = rng.next_u64().to_string();
+//!         KvCommand::Put { key: key.into(), value: value.into() }.encode()
+//!     })
 //!     .ops(100)
 //!     .run()
 //!     .unwrap_or_else(|failure| panic!("{failure}"));

@@ -26,11 +26,19 @@ fn the_file_store_passes_many_seeds_with_every_fault_kind_bit_flips_included() {
 }
 
 #[test]
+fn the_file_store_passes_many_seeds_with_membership_changes() {
+    assert_eq!(hunt(&file_sim().with_membership_changes(5), 150), None);
+}
+
+#[test]
 fn a_seed_on_the_file_store_replays_bit_for_bit() {
-    let a = file_sim().with_seed(3).run().unwrap();
-    let b = file_sim().with_seed(3).run().unwrap();
+    let seed = (0..50)
+        .find(|s| file_sim().with_seed(*s).run().is_ok_and(|r| r.crashes > 0))
+        .expect("a seed with crashes");
+    let a = file_sim().with_seed(seed).run().unwrap();
+    let b = file_sim().with_seed(seed).run().unwrap();
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
-    assert!(a.crashes > 0 && a.ops_ok > 0, "{a:?}");
+    assert!(a.ops_ok > 0, "{a:?}");
 }
 
 #[test]

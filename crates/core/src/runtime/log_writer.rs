@@ -116,31 +116,43 @@ pub(crate) fn spawn_task(
         while let Some(op) = w.ops.recv().await {
             w.gather(op, &mut batch);
             gate.passed().await;
-            if super::env::planted().durable_before_sync {
-                // Planted bug: the batch is reported durable, then synced.
-                match write_batch(w.store.as_mut(), &mut batch, &w.killed) {
-                    Ok(done) => {
-                        let stop = done.stop;
-                        w.report(done.events());
-                        tokio::time::sleep(latency()).await;
-                        if let Err(e) = w.store.sync() {
-                            w.fail(e);
-                            return;
-                        }
-                        if stop {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        w.fail(e);
-                        return;
-                    }
-                }
-                continue;
+            if w.killed.load(Ordering::Acquire) {
+                return;
             }
+            // The writes land in the page cache at once; the sync takes the time (a crash
+            // meanwhile leaves them written and not durable).
+            let done = match write_batch(w.store.as_mut(), &mut batch, &w.killed) {
+                Ok(done) => done,
+                Err(e) => {
+                    w.fail(e);
+                    return;
+                }
+            };
+            if done.killed {
+                return;
+            }
+            let stop = done.stop;
+            let planted = super::env::planted().durable_before_sync;
+            let events = if planted {
+                // Planted bug: the batch is reported durable, then synced.
+                w.report(done.events());
+                None
+            } else {
+                Some(done.events())
+            };
             tokio::time::sleep(latency()).await;
             gate.passed().await;
-            if !w.run(&mut batch) {
+            if w.killed.load(Ordering::Acquire) {
+                return;
+            }
+            if let Err(e) = w.store.sync() {
+                w.fail(e);
+                return;
+            }
+            if let Some(events) = events {
+                w.report(events);
+            }
+            if stop {
                 return;
             }
         }

@@ -62,6 +62,9 @@ pub(crate) enum Workload {
 pub struct ProductionConfig {
     /// Voting members (bootstrapped together).
     pub nodes: usize,
+    /// Node processes that exist (ids `1..=max_nodes`); those beyond `nodes` start empty
+    /// and join through membership changes (default: none beyond `nodes`).
+    pub max_nodes: usize,
     /// Concurrent clients.
     pub clients: usize,
     /// Client operations in all.
@@ -70,7 +73,7 @@ pub struct ProductionConfig {
     pub keys: u64,
     /// Fraction of the KV reads sent at `Lease` level (the rest `Linearizable`).
     pub lease_read_fraction: f64,
-    /// The faults injected (membership changes are not simulated here yet).
+    /// The faults injected.
     pub faults: Faults,
     /// Mean simulated milliseconds between two nemesis actions.
     pub nemesis_interval_ms: u64,
@@ -93,6 +96,7 @@ impl Default for ProductionConfig {
         };
         Self {
             nodes: 3,
+            max_nodes: 3,
             clients: 4,
             ops: 300,
             keys: 4,
@@ -213,6 +217,15 @@ impl Simulation {
     /// The settings.
     pub fn settings(&self) -> &ProductionConfig {
         &self.cfg
+    }
+
+    /// Runs `max_nodes` node processes, of which the first three are the initial voters:
+    /// the nemesis then also adds learners, promotes them and removes voters (between 3
+    /// and `max_nodes` voters). The default runs three processes and no such changes.
+    pub fn with_membership_changes(mut self, max_nodes: usize) -> Self {
+        self.cfg.max_nodes = max_nodes;
+        self.cfg.faults.membership = true;
+        self
     }
 
     /// Client operations in all.

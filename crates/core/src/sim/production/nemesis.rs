@@ -7,6 +7,7 @@ use tokio::time::Instant;
 
 use super::world::{Step, World};
 use super::Crash;
+use crate::membership::MembershipChange;
 use crate::types::NodeId;
 
 impl World {
@@ -23,15 +24,25 @@ impl World {
             .find(|i| self.slots[*i].node.as_ref().is_some_and(|n| n.is_leader()))
     }
 
-    /// Nodes down or stalled: at most a minority at once, so the run makes progress.
+    /// Voters down or stalled: at most a minority at once, so the run makes progress.
     fn impaired(&self) -> usize {
-        self.slots.len() - self.running().len()
+        let running = self.running();
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| self.config.is_voter(s.id) && !running.contains(i))
+            .count()
     }
 
     /// Injects one fault.
     pub(super) async fn nemesis(&mut self) -> Step {
         let f = self.sim.cfg.faults.clone();
-        let minority = (self.slots.len() - 1) / 2;
+        let voters = self.config.voters.len().min(if self.config.is_joint() {
+            self.config.outgoing.len()
+        } else {
+            usize::MAX
+        });
+        let minority = voters.saturating_sub(1) / 2;
         let election = u64::from(self.sim.cfg.raft.election_ticks) * 10;
         let running = self.running();
         let Some(&victim) = self.rng.pick(&running) else {
@@ -42,7 +53,7 @@ impl World {
             .filter(|_| self.rng.chance(0.5))
             .unwrap_or(victim);
         let can_impair = self.impaired() < minority;
-        match self.rng.range(0, 9) {
+        match self.rng.range(0, 10) {
             0 | 1 if f.crash && can_impair => {
                 let how = if self.rng.chance(0.5) {
                     Crash::Process
@@ -115,9 +126,55 @@ impl World {
                     }
                 }
             }
+            9 if f.membership => self.change_membership(),
             _ => {}
         }
         Ok(())
+    }
+
+    /// Grows or shrinks the voters (between 3 and every node), through learners, on the
+    /// leader; the node's own checks refuse a change while another is under way.
+    fn change_membership(&mut self) {
+        let Some(l) = self.leader() else { return };
+        let cfg = self.config.clone();
+        if cfg.is_joint() {
+            return;
+        }
+        let outsiders: Vec<NodeId> = self
+            .slots
+            .iter()
+            .map(|s| s.id)
+            .filter(|id| !cfg.contains(*id))
+            .collect();
+        let learners: Vec<NodeId> = cfg.learners.iter().copied().collect();
+        let voters: Vec<NodeId> = cfg.voters.iter().copied().collect();
+        let change = match self.rng.range(0, 3) {
+            0 => self
+                .rng
+                .pick(&outsiders)
+                .map(|id| MembershipChange::AddLearner(*id)),
+            1 => self.rng.pick(&learners).map(|id| {
+                MembershipChange::SetVoters(cfg.voters.iter().copied().chain([*id]).collect())
+            }),
+            _ if voters.len() > 3 => {
+                let leader = self.slots[l].id;
+                self.rng
+                    .pick(&voters)
+                    .copied()
+                    .filter(|v| *v != leader)
+                    .map(|v| {
+                        MembershipChange::SetVoters(
+                            cfg.voters.iter().copied().filter(|x| *x != v).collect(),
+                        )
+                    })
+            }
+            _ => None,
+        };
+        if let (Some(change), Some(n)) = (change, self.slots[l].node.clone()) {
+            tokio::spawn(async move {
+                let _ = n.change_membership(change).await;
+            });
+        }
     }
 
     /// Cuts node `id` off from every peer for `ms`.

@@ -74,6 +74,9 @@ pub(super) struct World {
     snapshot_every: u64,
     /// The commit index last checked for durability.
     durable_checked: u64,
+    /// The configuration the latest leader seen runs, and the one before it.
+    pub(super) config: MembershipConfig,
+    previous_config: MembershipConfig,
 }
 
 /// Runs `sim` on a fresh paused single-threaded runtime on this thread.
@@ -125,8 +128,12 @@ pub(super) fn run(sim: Simulation, storage: Arc<dyn SimStorage>) -> Result<SimRe
 /// The command that replays a run.
 fn replay(sim: &Simulation) -> String {
     let mut cmd = format!("cargo xtask sim --production --seed {}", sim.seed);
-    if sim.cfg.ops != super::ProductionConfig::default().ops {
+    let d = super::ProductionConfig::default();
+    if sim.cfg.ops != d.ops {
         cmd.push_str(&format!(" --ops {}", sim.cfg.ops));
+    }
+    if sim.cfg.max_nodes != d.max_nodes {
+        cmd.push_str(&format!(" --nodes {}", sim.cfg.max_nodes));
     }
     match sim.workload {
         Workload::PersistedKv if sim.seed.is_multiple_of(2) => cmd.push_str(" --persisted"),
@@ -159,7 +166,7 @@ impl World {
             rng: Rng::new(rng.next_u64()),
             inboxes: BTreeMap::new(),
         };
-        let slots = (1..=sim.cfg.nodes as NodeId)
+        let slots = (1..=sim.cfg.max_nodes.max(sim.cfg.nodes) as NodeId)
             .map(|id| {
                 let (stall, gate) = StallGate::switch();
                 // Clock drift up to ±2 %, inside the lease's drift allowance.
@@ -189,6 +196,7 @@ impl World {
             refused: AtomicUsize::new(0),
             start: Instant::now(),
         });
+        let initial = MembershipConfig::new_voters(1..=sim.cfg.nodes as NodeId);
         Self {
             report: SimReport {
                 seed: sim.seed,
@@ -205,6 +213,8 @@ impl World {
             heal_at: None,
             snapshot_every,
             durable_checked: 0,
+            config: initial.clone(),
+            previous_config: initial,
         }
     }
 
@@ -320,7 +330,8 @@ impl World {
                 from: id,
                 net: self.net.clone(),
             }),
-            bootstrap: Some(MembershipConfig::new_voters(1..=cfg.nodes as NodeId)),
+            bootstrap: (id <= cfg.nodes as NodeId)
+                .then(|| MembershipConfig::new_voters(1..=cfg.nodes as NodeId)),
             seed: self.rng.next_u64(),
         };
         match Node::start_in(parts, env).await {
@@ -454,6 +465,16 @@ impl World {
             }
             if st.role == Role::Leader {
                 let id = self.slots[i].id;
+                if st.membership != self.config {
+                    if st.membership.voters.len() != self.config.voters.len() {
+                        self.report.membership_changes += 1;
+                    }
+                    self.previous_config =
+                        std::mem::replace(&mut self.config, st.membership.clone());
+                }
+                if self.report.steps.is_multiple_of(8) {
+                    self.check_acks_durable(id, &st)?;
+                }
                 if self.report.steps.is_multiple_of(4) && st.commit != self.durable_checked {
                     self.check_commit_durable(id, st.commit)?;
                     self.durable_checked = st.commit;
@@ -476,7 +497,7 @@ impl World {
         Ok(())
     }
 
-    /// A leader's commit index is durable on a majority (§5.3, and the promise that an
+    /// A leader's commit index is durable on a quorum (§5.3, and the promise that an
     /// acknowledged write survives any minority of crashes).
     fn check_commit_durable(&self, leader: NodeId, commit: u64) -> Step {
         if commit == 0 {
@@ -498,15 +519,63 @@ impl World {
             .find(|(id, h)| *id == leader && matches!(h, Held::Entry(_)))
             .or_else(|| held.iter().find(|(_, h)| matches!(h, Held::Entry(_))))
             .map(|(_, h)| *h);
-        let holding = held.iter().filter(|(_, h)| Some(*h) == term).count();
-        if holding * 2 <= self.slots.len() {
+        let holds = |id: NodeId| held.iter().any(|(n, h)| *n == id && Some(*h) == term);
+        // The entry was committed under the configuration in force then: the current one,
+        // or (a single-server change since, whose new member may still be catching up) the
+        // one before it.
+        let cfg = &self.config;
+        if !cfg.is_quorum(holds) && !self.previous_config.is_quorum(holds) {
+            let holding: Vec<NodeId> = held
+                .iter()
+                .filter(|(n, _)| holds(*n))
+                .map(|(n, _)| *n)
+                .collect();
             return Err(violation(
                 "commit durability",
                 format!(
-                    "leader {leader} reports index {commit} committed, but only {holding} of {} nodes hold it durably ({held:?})",
-                    self.slots.len()
+                    "leader {leader} reports index {commit} committed, but only nodes {holding:?} hold it durably, no quorum of {cfg:?} ({held:?})"
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// Every follower's acknowledged index, as the leader records it, is durable on that
+    /// follower (an acknowledgement means "on stable storage", §5.3): checked for the
+    /// followers that follow this leader in its term.
+    fn check_acks_durable(&self, leader: NodeId, st: &crate::runtime::NodeStatus) -> Step {
+        for (peer, p) in &st.progress {
+            if *peer == leader || p.matched == 0 {
+                continue;
+            }
+            let follows = self
+                .slots
+                .iter()
+                .find(|s| s.id == *peer)
+                .and_then(|s| s.node.as_ref())
+                .is_some_and(|n| {
+                    let ps = n.status();
+                    ps.term == st.term && ps.leader == Some(leader)
+                });
+            if !follows {
+                continue;
+            }
+            let Some(Held::Entry(term)) = self.storage.durable_at(leader, p.matched) else {
+                continue;
+            };
+            match self.storage.durable_at(*peer, p.matched) {
+                Some(Held::Entry(t)) if t == term => {}
+                Some(Held::Snapshot) | None => {}
+                Some(other) => {
+                    return Err(violation(
+                        "ack durability",
+                        format!(
+                            "leader {leader} counts node {peer} at index {} (term {term}), but node {peer} holds {other:?} there durably",
+                            p.matched
+                        ),
+                    ))
+                }
+            }
         }
         Ok(())
     }
@@ -559,9 +628,11 @@ impl World {
         loop {
             self.check().await?;
             self.due().await?;
+            let members = self.config.members();
             let behind: Vec<NodeId> = self
                 .slots
                 .iter()
+                .filter(|s| members.contains(&s.id))
                 .filter(|s| s.node.as_ref().is_none_or(|n| n.status().applied < index))
                 .map(|s| s.id)
                 .collect();
@@ -627,8 +698,13 @@ impl World {
                 .filter_map(|s| s.node.clone())
                 .find(|n| n.is_leader());
             if let Some(n) = leader {
-                if n.propose(command.clone()).await.is_ok() {
-                    return Ok(n.status().commit);
+                // Committed and applied: answered, or refused by the machine itself (a
+                // deterministic answer to a command it does not understand).
+                match n.propose(command.clone()).await {
+                    Ok(_) | Err(crate::error::NodeError::Rejected(_)) => {
+                        return Ok(n.status().commit)
+                    }
+                    Err(_) => {}
                 }
             }
             if Instant::now() > deadline {
@@ -644,7 +720,8 @@ impl World {
     /// Every replica's machine holds the same state (the same snapshot bytes).
     async fn check_equal_states(&self) -> Step {
         let mut first: Option<(NodeId, Vec<u8>)> = None;
-        for s in &self.slots {
+        let members = self.config.members();
+        for s in self.slots.iter().filter(|s| members.contains(&s.id)) {
             let Some(m) = &s.machine else { continue };
             let mut bytes = Vec::new();
             m.snapshot(&mut bytes)
@@ -677,6 +754,7 @@ fn names_corruption(text: &str) -> bool {
         "crc",
         "bad magic",
         "not a lockstep snapshot",
+        "rejected",
     ]
     .iter()
     .any(|w| t.contains(w))
