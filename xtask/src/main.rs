@@ -45,7 +45,7 @@ fn main() -> Result<()> {
         "fuzz" => fuzz(&rest),
         "docs" => docs_check(),
         _ => {
-            eprintln!("usage: cargo xtask <setup|test|sim|chaos|fuzz|bench|cluster|docs> [args]\n\n  setup    install missing system packages and tools\n  test     run every check CI runs\n  docs     check every shell command in README.md and docs/, run the cheap ones\n  sim      run the simulator: --seeds N | --seed N | --bug NAME (see crates/core/examples/sim.rs)\n  chaos    kill, pause, partition and reconfigure a real cluster under load, then check the\n           history: [--backend file|sled|rocksdb] [--seconds N] [--seed S] [--plant NAME]\n  fuzz     fuzz the decoders (WAL, recovery, codec, snapshot envelope, gRPC conversions):\n           [--seconds N per target, default 5] [--target NAME] [--seed S] (see docs/testing.md)\n  bench    run the cluster benchmark: [--quick] [cluster-bench args] | criterion [args]\n  cluster  start | stop | status a local 3-node cluster of real processes (ports 7001-7003)");
+            eprintln!("usage: cargo xtask <setup|test|sim|chaos|fuzz|bench|cluster|docs> [args]\n\n  setup    install missing system packages and tools\n  test     run every check CI runs\n  docs     check every shell command in README.md and docs/, run the cheap ones\n  sim      run the simulator: --seeds N | --seed N | --bug NAME (see crates/lockstep/examples/sim.rs)\n  chaos    kill, pause, partition and reconfigure a real cluster under load, then check the\n           history: [--backend file|sled|rocksdb] [--seconds N] [--seed S] [--plant NAME]\n  fuzz     fuzz the decoders (WAL, recovery, codec, snapshot envelope, gRPC conversions):\n           [--seconds N per target, default 5] [--target NAME] [--seed S] (see docs/testing.md)\n  bench    run the cluster benchmark: [--quick] [cluster-bench args] | criterion [args]\n  cluster  start | stop | status a local 3-node cluster of real processes (ports 7001-7003)");
             if cmd == "help" || cmd == "--help" {
                 Ok(())
             } else {
@@ -130,16 +130,20 @@ fn test() -> Result<()> {
     run(&cargo, &["test", "--doc", "--workspace", "--all-features"])?;
     feature_matrix()?;
     examples()?;
+    // Production nodes (runtime, handler, the file store on a simulated disk), then the
+    // scripted Figure 8 schedule and the membership profile.
     let seeds = TEST_SEEDS.to_string();
-    sim(&["--seeds".into(), seeds.clone()])?;
-    // The production nodes (runtime, handler, file store on a simulated disk).
-    sim(&[
-        "--production".into(),
-        "--seeds".into(),
-        seeds,
-        "--ops".into(),
-        "1000".into(),
-    ])?;
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    sim(&args(&["--seeds", &seeds, "--ops", "1000"]))?;
+    sim(&args(&["--scenario", "figure8", "--seeds", "300"]))?;
+    sim(&args(&[
+        "--nodes",
+        "5",
+        "--nemesis-ms",
+        "30",
+        "--seeds",
+        "300",
+    ]))?;
     fuzz(&["--seconds".into(), "5".into()])?;
     docs_check()?;
     // In the release profile, as `bench` builds the cluster benchmark next: RocksDB's C++

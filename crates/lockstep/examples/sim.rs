@@ -1,27 +1,24 @@
-//! Runs the deterministic simulators over many seeds: `cargo xtask sim --seeds 500`.
+//! Runs the deterministic simulator over many seeds: `cargo xtask sim --seeds 500`.
 //!
-//! Two simulators share this runner:
-//! - the **protocol** simulator (default): the sans-IO protocol with its own model disk,
-//!   membership changes and scripted schedules;
-//! - the **production** simulator (`--production`, or any runtime bug name): the real
-//!   runtime, handler, sessions, snapshots and the file store's own code on a simulated
-//!   filesystem (`--memory`: the in-memory log store instead).
+//! The simulator runs production nodes (the runtime, handler, sessions, snapshots) on the
+//! file store's own code over a simulated filesystem (`--memory`: the in-memory log store
+//! instead).
 //!
 //! Options: `--seeds N` (default 100), `--first S` (default 0), `--seed S` (one seed,
 //! verbose), `--ops N` (client operations per seed), `--threads N` (default: all cores),
 //! `--bug NAME` (a deliberately broken protocol or runtime; alone, it reports the first seed
-//! that catches the bug). Protocol only: `--nemesis-ms N`, `--max-entries N`, `--clients N`,
-//! `--nodes N`, `--voters N`, `--new-leader-crash-pct P`, `--no-membership`,
-//! `--no-prevote-checkquorum`, `--scenario figure8`. Production only: `--nodes N` (N node
-//! processes, the first three voters, with membership changes), `--persisted` or
-//! `--kv` (one KV machine on every seed instead of alternating), `--memory` or `--file`
-//! (the storage; a runtime bug outside the file store is hunted on memory by default).
+//! that catches the bug), `--nodes N` (N node processes, the first three voters, with
+//! membership changes), `--voters N` (N voters at bootstrap), `--nemesis-ms N` (mean
+//! milliseconds between faults), `--scenario figure8` (the scripted Figure 8 schedule),
+//! `--persisted` or `--kv` (one KV machine on every seed instead of alternating), `--memory`
+//! or `--file` (the storage; a runtime bug outside the file store is hunted on memory by
+//! default). `--production` is accepted and changes nothing (there is one simulator).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use lockstep::sim::{self, production, SimConfig, SimFailure, SimReport};
+use lockstep::sim::{self, production, SimFailure, SimReport};
 
 fn arg(args: &[String], name: &str) -> Option<u64> {
     let i = args.iter().position(|a| a == name)?;
@@ -34,59 +31,6 @@ fn flag(args: &[String], name: &str) -> bool {
 
 /// One seed of whichever simulator was asked for.
 type RunSeed = Arc<dyn Fn(u64) -> Result<SimReport, SimFailure> + Send + Sync>;
-
-fn protocol(args: &[String]) -> (RunSeed, Option<String>) {
-    let mut cfg = SimConfig::default();
-    if let Some(i) = args.iter().position(|a| a == "--scenario") {
-        match args.get(i + 1).map(String::as_str) {
-            Some("figure8") => cfg = SimConfig::figure8(),
-            other => {
-                eprintln!("unknown scenario {other:?}; known: figure8");
-                std::process::exit(2);
-            }
-        }
-    }
-    if let Some(ops) = arg(args, "--ops") {
-        cfg.ops = ops as usize;
-    }
-    if let Some(ms) = arg(args, "--nemesis-ms") {
-        cfg.nemesis_interval_ms = ms;
-    }
-    if let Some(n) = arg(args, "--max-entries") {
-        cfg.raft.max_entries_per_msg = n as usize;
-    }
-    if let Some(n) = arg(args, "--clients") {
-        cfg.clients = n as usize;
-    }
-    if let Some(n) = arg(args, "--nodes") {
-        cfg.max_nodes = n as usize;
-    }
-    if let Some(n) = arg(args, "--voters") {
-        cfg.initial_voters = n as usize;
-    }
-    if let Some(p) = arg(args, "--new-leader-crash-pct") {
-        cfg.faults.new_leader_crash = p as f64 / 100.0;
-    }
-    if flag(args, "--no-prevote-checkquorum") {
-        cfg.raft.pre_vote = false;
-        cfg.raft.check_quorum = false;
-        cfg.raft.lease_reads = false;
-        cfg.lease_read_fraction = 0.0;
-    }
-    if flag(args, "--no-membership") {
-        cfg.faults.membership = false;
-    }
-    let mut bug = None;
-    if let Some(i) = args.iter().position(|a| a == "--bug") {
-        let name = args.get(i + 1).cloned().unwrap_or_default();
-        let Some(bugs) = sim::bug_by_name(&name) else {
-            unknown_bug(&name);
-        };
-        cfg = cfg.with_bugs(bugs);
-        bug = Some(name);
-    }
-    (Arc::new(move |seed| sim::run(seed, &cfg)), bug)
-}
 
 /// Runtime bugs that live in the file store: hunted on it. The others are hunted on the
 /// in-memory log store, whose durable image the simulator checks after every step.
@@ -107,11 +51,31 @@ fn production(args: &[String]) -> (RunSeed, Option<String>) {
     } else {
         lockstep::sim::Simulation::new(0)
     };
+    if let Some(i) = args.iter().position(|a| a == "--scenario") {
+        match args.get(i + 1).map(String::as_str) {
+            Some("figure8") => s = s.figure8(),
+            other => {
+                eprintln!("unknown scenario {other:?}; known: figure8");
+                std::process::exit(2);
+            }
+        }
+    }
     if let Some(ops) = arg(args, "--ops") {
         s = s.ops(ops as usize);
     }
     if let Some(n) = arg(args, "--nodes") {
         s = s.with_membership_changes(n as usize);
+    }
+    if let Some(ms) = arg(args, "--nemesis-ms") {
+        let mut cfg = s.settings().clone();
+        cfg.nemesis_interval_ms = ms;
+        s = s.config(cfg);
+    }
+    if let Some(n) = arg(args, "--voters") {
+        let mut cfg = s.settings().clone();
+        cfg.nodes = n as usize;
+        cfg.max_nodes = cfg.max_nodes.max(n as usize);
+        s = s.config(cfg);
     }
     if flag(args, "--persisted") {
         s = s.persisted_kv();
@@ -146,16 +110,7 @@ fn unknown_bug(name: &str) -> ! {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let runtime_bug = args
-        .iter()
-        .position(|a| a == "--bug")
-        .and_then(|i| args.get(i + 1))
-        .is_some_and(|n| production::runtime_bug_by_name(n).is_some());
-    let (run, bug) = if flag(&args, "--production") || runtime_bug {
-        production(&args)
-    } else {
-        protocol(&args)
-    };
+    let (run, bug) = production(&args);
     if let Some(name) = &bug {
         if !flag(&args, "--seed") && !flag(&args, "--seeds") {
             // Hunt: report the first seed that catches the bug.

@@ -77,8 +77,7 @@ pub use lockstep_storage_file as storage_file;
 #[cfg(feature = "testing")]
 pub use lockstep_core::testing;
 
-/// The deterministic cluster simulators (feature `testing`): the protocol simulator
-/// ([`sim::run`]) and the production simulator ([`sim::Simulation`]), which runs your
+/// The deterministic cluster simulator (feature `testing`): [`sim::Simulation`] runs your
 /// state machine on the real runtime, handler and file store; see `docs/testing.md`.
 #[cfg(feature = "testing")]
 pub mod sim;

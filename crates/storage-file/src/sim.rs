@@ -10,7 +10,7 @@ use lockstep_core::fs::{BitFlip, Fs, SimFs};
 use lockstep_core::rng::Rng;
 use lockstep_core::sim::production::{Crash, Held, SimStorage, Stores};
 use lockstep_core::storage::LogStore;
-use lockstep_core::types::{LogId, NodeId};
+use lockstep_core::types::{HardState, LogId, NodeId};
 
 use crate::{FileLogStore, FileSnapshotStore};
 
@@ -115,6 +115,14 @@ impl SimStorage for SimFileStorage {
     fn durable_at(&self, id: NodeId, index: u64) -> Option<Held> {
         let (snapshot, ids) = self.with(id, |d| durable_entries(&d.fs, id)).ok()?;
         Some(Held::in_log(snapshot, &ids, index))
+    }
+
+    fn durable_hard_state(&self, id: NodeId) -> Option<HardState> {
+        self.with(id, |d| {
+            let copy = d.fs.durable_copy();
+            let mut store = FileLogStore::open_in(Arc::new(copy), root(id).join("log")).ok()?;
+            store.load().ok().map(|s| s.hard_state)
+        })
     }
 
     fn repair(&self, id: NodeId) {

@@ -76,16 +76,6 @@ impl MembershipLog {
                 .any(|(i, c)| *i > commit && c.is_voter(id))
     }
 
-    /// One line listing every known configuration with its index, for diagnostics.
-    #[cfg(any(test, feature = "testing"))]
-    pub(crate) fn describe(&self) -> String {
-        let mut out = format!("@{}: {}", self.base.0, self.base.1);
-        for (i, c) in &self.entries {
-            out.push_str(&format!("; @{i}: {c}"));
-        }
-        out
-    }
-
     pub(crate) fn push(&mut self, index: Index, config: MembershipConfig) {
         self.entries.push((index, config));
     }

@@ -349,6 +349,14 @@ impl Node {
         .await
         .map_err(|e| StorageError::Other(format!("log store loader: {e}")))??;
         let opened = handler.open(stored.snapshot.as_ref()).await?;
+        let snapshot = opened.snapshot.clone();
+        let (stored, log_store) = env::blocking(move || {
+            let mut log_store = log_store;
+            let stored = recovery::adopt_snapshot(log_store.as_mut(), stored, snapshot.as_ref())?;
+            Ok::<_, StorageError>((stored, log_store))
+        })
+        .await
+        .map_err(|e| StorageError::Other(format!("log store loader: {e}")))??;
         let init = InitialState {
             hard_state: stored.hard_state,
             snapshot: opened.snapshot.unwrap_or_default(),

@@ -2,6 +2,7 @@
 
 use crate::error::StorageError;
 use crate::storage::{LogStore, StoredLog};
+use crate::types::SnapshotMeta;
 
 /// Completes a snapshot installation that a crash interrupted. The log writer records an
 /// installed snapshot durably before it fixes the log up (`log_writer::run_batch`); a crash
@@ -39,12 +40,43 @@ pub(crate) fn complete_install(
     store.load()
 }
 
+/// Records a snapshot the state machine came back from that is newer than the one the log
+/// store names, and fixes the log up as the install would have ([`complete_install`]).
+/// This happens when an install was committed in the snapshot store but the log store's
+/// record of it was lost (its sync failed, or a crash came first): a log left ending
+/// before the snapshot would then refuse the appends that follow it.
+pub(crate) fn adopt_snapshot(
+    store: &mut dyn LogStore,
+    stored: StoredLog,
+    machine: Option<&SnapshotMeta>,
+) -> Result<StoredLog, StorageError> {
+    let Some(meta) = machine else {
+        return Ok(stored);
+    };
+    let recorded = stored.snapshot.as_ref().map_or(0, |s| s.last_log_id.index);
+    if meta.last_log_id.index <= recorded {
+        return Ok(stored);
+    }
+    tracing::warn!(
+        snapshot = %meta.last_log_id,
+        recorded,
+        "the state machine holds a newer snapshot than the log store records; recording it"
+    );
+    store.save_snapshot_meta(meta)?;
+    store.sync()?;
+    let stored = StoredLog {
+        snapshot: Some(meta.clone()),
+        ..stored
+    };
+    complete_install(store, stored)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::membership::MembershipConfig;
     use crate::storage::MemLogStore;
-    use crate::types::{Entry, EntryPayload, LogId, SnapshotMeta};
+    use crate::types::{Entry, EntryPayload, LogId};
 
     fn e(term: u64, index: u64) -> Entry {
         Entry {
@@ -82,6 +114,42 @@ mod tests {
         let fixed = complete_install(&mut s, stored).unwrap();
         assert_eq!(fixed.log_offset, LogId::new(3, 9));
         assert!(fixed.entries.is_empty());
+    }
+
+    #[test]
+    fn a_newer_snapshot_in_the_machine_is_recorded_and_replaces_a_log_that_ends_before_it() {
+        // An install committed in the snapshot store whose log-store record was lost: the
+        // store still names snapshot 2-3 and ends at 5; the machine holds 2-9.
+        let mut s = MemLogStore::new();
+        s.append(&[e(1, 1), e(2, 2), e(2, 3), e(2, 4), e(2, 5)])
+            .unwrap();
+        s.save_snapshot_meta(&meta(2, 3)).unwrap();
+        s.purge(LogId::new(2, 3)).unwrap();
+        s.sync().unwrap();
+        let stored = s.load().unwrap();
+        let fixed = adopt_snapshot(&mut s, stored, Some(&meta(2, 9))).unwrap();
+        assert_eq!(fixed.snapshot, Some(meta(2, 9)));
+        assert_eq!(fixed.log_offset, LogId::new(2, 9));
+        assert!(fixed.entries.is_empty());
+        assert_eq!(s.crash_copy().load().unwrap(), fixed, "made durable");
+        // The entry after the snapshot now follows the log.
+        s.append(&[e(2, 10)]).unwrap();
+    }
+
+    #[test]
+    fn a_machine_snapshot_no_newer_than_the_recorded_one_changes_nothing() {
+        let mut s = MemLogStore::new();
+        s.append(&[e(1, 1), e(2, 2), e(2, 3)]).unwrap();
+        s.save_snapshot_meta(&meta(2, 3)).unwrap();
+        let stored = s.load().unwrap();
+        assert_eq!(
+            adopt_snapshot(&mut s, stored.clone(), Some(&meta(2, 2))).unwrap(),
+            stored
+        );
+        assert_eq!(
+            adopt_snapshot(&mut s, stored.clone(), None).unwrap(),
+            stored
+        );
     }
 
     #[test]

@@ -1,27 +1,16 @@
-//! A deterministic cluster simulator (feature `testing`).
-//!
-//! One seed drives everything: N protocol instances with simulated disks (group commit,
-//! crash loses what is not synced, torn tail writes, failed fsync is fail-stop), a simulated
-//! network (drop, delay, reorder, duplicate, symmetric and one-way partitions), process
-//! faults (crash/restart, pause), concurrent KV clients with sessions, membership changes,
-//! leader transfers, snapshots and log purges. After every step the [`checker`] verifies
-//! Raft's safety invariants; at the end the client history is checked for linearizability,
-//! every fault is healed and the cluster must converge and accept a new write.
+//! The deterministic simulator (feature `testing`): production nodes under one seed
+//! ([`production`]), the fault kinds it injects ([`Faults`]), the deliberately broken
+//! protocol variants it must catch ([`bug_by_name`]), what a run reports, and the
+//! linearizability checker it and the chaos runs share ([`linearizability`]).
 //!
 //! A failing run reports its seed and the command that replays it bit for bit.
 
 pub mod checker;
-pub mod disk;
-pub mod kv;
 pub mod linearizability;
 mod network;
-mod node;
 pub mod production;
-mod world;
 
-use crate::config::{Bugs, RaftConfig};
-
-pub use world::World;
+use crate::config::Bugs;
 
 /// Which faults the nemesis injects.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,7 +21,7 @@ pub struct Faults {
     pub torn_writes: bool,
     /// Make an fsync fail (the node stops, and is restarted later).
     pub fsync_failure: bool,
-    /// Pause nodes (a long GC pause or a stopped VM).
+    /// Stall nodes (a long GC pause or a stopped VM): timers fire late, nothing is replayed.
     pub pause: bool,
     /// Symmetric and one-way partitions.
     pub partition: bool,
@@ -40,15 +29,16 @@ pub struct Faults {
     pub drop_rate: f64,
     /// Probability that a message is delivered twice.
     pub duplicate_rate: f64,
-    /// Membership changes (grow / shrink between 1 and `max_nodes` voters, learners).
+    /// Membership changes (learners, promotions, removals, any voter set at once).
     pub membership: bool,
     /// Leader transfers.
     pub transfer: bool,
     /// Snapshots and log purges.
     pub snapshot: bool,
-    /// Probability that a newly elected leader crashes within 5 ms of its election, the
-    /// window in which it commits entries of earlier terms (Figure 8).
-    pub new_leader_crash: f64,
+    /// Probability that a node loses power within a millisecond of granting a vote (the
+    /// window in which a vote not yet on disk would be forgotten, §5.2 and Figure 2's
+    /// "persistent state").
+    pub crash_after_vote: f64,
 }
 
 impl Faults {
@@ -65,7 +55,7 @@ impl Faults {
             membership: true,
             transfer: true,
             snapshot: true,
-            new_leader_crash: 0.1,
+            crash_after_vote: 0.2,
         }
     }
 
@@ -82,97 +72,22 @@ impl Faults {
             membership: false,
             transfer: false,
             snapshot: false,
-            new_leader_crash: 0.0,
+            crash_after_vote: 0.0,
         }
     }
 }
 
-/// A scripted fault schedule that replaces the random nemesis. The script picks its
-/// victims by observing roles; the seed still decides every delay and message fate.
+/// A scripted fault schedule that replaces the random nemesis
+/// ([`production::Simulation::figure8`]). The script picks its victims by observing roles;
+/// the seed still decides every delay and message fate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scenario {
     /// The paper's Figure 8 (§5.4.2), repeated: a leader replicates entries to one follower
     /// only and crashes; the next leader writes conflicting entries alone and crashes; the
-    /// first comes back, is re-elected, replicates its old-term entries to a majority and
-    /// crashes within milliseconds; the second comes back. A protocol that commits old-term
-    /// entries by counting replicas loses committed entries here.
+    /// first comes back, is re-elected, replicates its old-term entries (and none of its
+    /// own term) to a majority and crashes; the second comes back. A protocol that commits
+    /// old-term entries by counting replicas loses committed entries here.
     Figure8,
-}
-
-/// Parameters of one simulation run.
-#[derive(Clone, Debug)]
-pub struct SimConfig {
-    /// Voters at bootstrap.
-    pub initial_voters: usize,
-    /// Node processes that exist (ids `1..=max_nodes`); the others can be added later.
-    pub max_nodes: usize,
-    /// Concurrent clients.
-    pub clients: usize,
-    /// Client operations to invoke.
-    pub ops: usize,
-    /// Distinct keys the clients use.
-    pub keys: u64,
-    /// Fraction of reads sent as `Lease` reads (the rest are `Linearizable`).
-    pub lease_read_fraction: f64,
-    /// Injected faults.
-    pub faults: Faults,
-    /// Mean simulated milliseconds between two nemesis actions.
-    pub nemesis_interval_ms: u64,
-    /// Protocol configuration template (the id is set per node).
-    pub raft: RaftConfig,
-    /// Upper bound on simulated time in seconds before the run is declared stuck.
-    pub max_sim_seconds: u64,
-    /// Check log matching across all nodes every this many steps.
-    pub log_matching_every: u64,
-    /// A scripted fault schedule instead of the random nemesis.
-    pub scenario: Option<Scenario>,
-}
-
-impl Default for SimConfig {
-    fn default() -> Self {
-        let raft = RaftConfig {
-            max_entries_per_msg: 64,
-            purge_keep_entries: 16,
-            ..RaftConfig::default()
-        };
-        Self {
-            initial_voters: 3,
-            max_nodes: 7,
-            clients: 5,
-            ops: 1000,
-            keys: 5,
-            lease_read_fraction: 0.3,
-            faults: Faults::all(),
-            nemesis_interval_ms: 150,
-            raft,
-            max_sim_seconds: 3600,
-            log_matching_every: 500,
-            scenario: None,
-        }
-    }
-}
-
-impl SimConfig {
-    /// The scripted Figure 8 schedule on five voters, one entry per AppendEntries (so old
-    /// entries and the new leader's own entry travel separately).
-    pub fn figure8() -> Self {
-        let mut cfg = Self {
-            initial_voters: 5,
-            max_nodes: 5,
-            ops: 300,
-            scenario: Some(Scenario::Figure8),
-            ..Self::default()
-        };
-        cfg.faults.membership = false;
-        cfg.raft.max_entries_per_msg = 1;
-        cfg
-    }
-
-    /// The same configuration with a deliberately broken protocol.
-    pub fn with_bugs(mut self, bugs: Bugs) -> Self {
-        self.raft.bugs = bugs;
-        self
-    }
 }
 
 /// The deliberately broken protocol variants, by name, for `cargo xtask sim --bug NAME`.
@@ -258,56 +173,6 @@ impl std::fmt::Display for SimFailure {
 
 impl std::error::Error for SimFailure {}
 
-/// The `cargo xtask sim` command that reruns `seed` with `config` (options the runner
-/// understands; other differences from the default are named in a comment).
-pub fn replay_command(seed: u64, config: &SimConfig) -> String {
-    let d = SimConfig::default();
-    let mut cmd = format!("cargo xtask sim --seed {seed}");
-    let mut opt = |name: &str, v: u64, default: u64| {
-        if v != default {
-            cmd.push_str(&format!(" --{name} {v}"));
-        }
-    };
-    opt("ops", config.ops as u64, d.ops as u64);
-    opt(
-        "nemesis-ms",
-        config.nemesis_interval_ms,
-        d.nemesis_interval_ms,
-    );
-    opt(
-        "max-entries",
-        config.raft.max_entries_per_msg as u64,
-        d.raft.max_entries_per_msg as u64,
-    );
-    opt("clients", config.clients as u64, d.clients as u64);
-    opt("nodes", config.max_nodes as u64, d.max_nodes as u64);
-    opt(
-        "voters",
-        config.initial_voters as u64,
-        d.initial_voters as u64,
-    );
-    opt(
-        "new-leader-crash-pct",
-        (config.faults.new_leader_crash * 100.0).round() as u64,
-        (d.faults.new_leader_crash * 100.0).round() as u64,
-    );
-    if config.scenario == Some(Scenario::Figure8) {
-        cmd.push_str(" --scenario figure8");
-    }
-    if !config.raft.pre_vote && !config.raft.check_quorum {
-        cmd.push_str(" --no-prevote-checkquorum");
-    }
-    if !config.faults.membership && d.faults.membership {
-        cmd.push_str(" --no-membership");
-    }
-    for name in BUG_NAMES {
-        if bug_by_name(name) == Some(config.raft.bugs) {
-            cmd.push_str(&format!(" --bug {name}"));
-        }
-    }
-    cmd
-}
-
 /// Runs seeds `0..limit` of `run` on `threads` threads until one fails; returns the
 /// smallest failing seed found, with the check that failed (for tests that assert a planted
 /// bug is caught within a bound, or that a correct build passes).
@@ -342,9 +207,4 @@ pub fn hunt<R>(
             .filter_map(|w| w.join().ok().flatten())
             .min()
     })
-}
-
-/// Runs one seed to completion.
-pub fn run(seed: u64, config: &SimConfig) -> Result<SimReport, SimFailure> {
-    World::new(seed, config.clone()).run()
 }

@@ -87,6 +87,12 @@ impl MemDisk {
         Self::default()
     }
 
+    /// The term and vote this disk holds durably (for the simulator's vote check).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn durable_hard_state(&self) -> HardState {
+        self.0.lock().map(|img| img.hard_state).unwrap_or_default()
+    }
+
     /// What this disk holds durably at `index` (for the simulator's durability check).
     #[cfg(any(test, feature = "testing"))]
     pub fn durable_at(&self, index: Index) -> crate::sim::production::Held {

@@ -22,6 +22,7 @@
 //! ```
 
 mod clients;
+mod figure8;
 mod handler;
 mod machines;
 mod nemesis;
@@ -35,7 +36,7 @@ use bytes::Bytes;
 
 pub use storage::{Crash, Held, MemStorage, SimStorage, Stores};
 
-use super::{Faults, SimFailure, SimReport};
+use super::{Faults, Scenario, SimFailure, SimReport};
 use crate::config::RaftConfig;
 use crate::rng::Rng;
 use crate::runtime::env::RuntimeBugs;
@@ -85,6 +86,8 @@ pub struct ProductionConfig {
     pub snapshot_every: u64,
     /// Simulated seconds before a run is declared stuck.
     pub max_sim_seconds: u64,
+    /// A scripted fault schedule instead of the random nemesis.
+    pub scenario: Option<Scenario>,
 }
 
 impl Default for ProductionConfig {
@@ -107,6 +110,7 @@ impl Default for ProductionConfig {
             raft,
             snapshot_every: 40,
             max_sim_seconds: 600,
+            scenario: None,
         }
     }
 }
@@ -225,6 +229,21 @@ impl Simulation {
     pub fn with_membership_changes(mut self, max_nodes: usize) -> Self {
         self.cfg.max_nodes = max_nodes;
         self.cfg.faults.membership = true;
+        self
+    }
+
+    /// The scripted Figure 8 schedule (§5.4.2) instead of the random nemesis: five voters,
+    /// one entry per AppendEntries (so old entries and the new leader's own entry travel
+    /// separately), 300 operations.
+    pub fn figure8(mut self) -> Self {
+        self.cfg.nodes = 5;
+        self.cfg.max_nodes = 5;
+        self.cfg.ops = 300;
+        self.cfg.faults.membership = false;
+        // The script decides every crash.
+        self.cfg.faults.crash_after_vote = 0.0;
+        self.cfg.raft.max_entries_per_msg = 1;
+        self.cfg.scenario = Some(Scenario::Figure8);
         self
     }
 

@@ -12,20 +12,30 @@ use crate::types::NodeId;
 
 impl World {
     /// Indexes of the slots whose node runs and is not stalled.
-    fn running(&self) -> Vec<usize> {
+    pub(super) fn running(&self) -> Vec<usize> {
         (0..self.slots.len())
             .filter(|i| self.slots[*i].node.is_some() && self.slots[*i].stalled_until.is_none())
             .collect()
     }
 
-    fn leader(&self) -> Option<usize> {
+    pub(super) fn leader(&self) -> Option<usize> {
         self.running()
             .into_iter()
             .find(|i| self.slots[*i].node.as_ref().is_some_and(|n| n.is_leader()))
     }
 
+    /// The largest minority of the voters (of the outgoing ones too, while joint).
+    pub(super) fn minority(&self) -> usize {
+        let voters = self.config.voters.len().min(if self.config.is_joint() {
+            self.config.outgoing.len()
+        } else {
+            usize::MAX
+        });
+        voters.saturating_sub(1) / 2
+    }
+
     /// Voters down or stalled: at most a minority at once, so the run makes progress.
-    fn impaired(&self) -> usize {
+    pub(super) fn impaired(&self) -> usize {
         let running = self.running();
         self.slots
             .iter()
@@ -37,12 +47,7 @@ impl World {
     /// Injects one fault.
     pub(super) async fn nemesis(&mut self) -> Step {
         let f = self.sim.cfg.faults.clone();
-        let voters = self.config.voters.len().min(if self.config.is_joint() {
-            self.config.outgoing.len()
-        } else {
-            usize::MAX
-        });
-        let minority = voters.saturating_sub(1) / 2;
+        let minority = self.minority();
         let election = u64::from(self.sim.cfg.raft.election_ticks) * 10;
         let running = self.running();
         let Some(&victim) = self.rng.pick(&running) else {
@@ -53,7 +58,7 @@ impl World {
             .filter(|_| self.rng.chance(0.5))
             .unwrap_or(victim);
         let can_impair = self.impaired() < minority;
-        match self.rng.range(0, 10) {
+        match self.rng.range(0, 11) {
             0 | 1 if f.crash && can_impair => {
                 let how = if self.rng.chance(0.5) {
                     Crash::Process
@@ -126,20 +131,18 @@ impl World {
                     }
                 }
             }
-            9 if f.membership => self.change_membership(),
+            9 | 10 if f.membership => self.change_membership(),
             _ => {}
         }
         Ok(())
     }
 
-    /// Grows or shrinks the voters (between 3 and every node), through learners, on the
-    /// leader; the node's own checks refuse a change while another is under way.
+    /// Grows or shrinks the voters, through learners (between 3 and every node) or to any
+    /// set at once, on the leader; the node's own checks refuse a change while another is
+    /// under way.
     fn change_membership(&mut self) {
         let Some(l) = self.leader() else { return };
         let cfg = self.config.clone();
-        if cfg.is_joint() {
-            return;
-        }
         let outsiders: Vec<NodeId> = self
             .slots
             .iter()
@@ -148,7 +151,19 @@ impl World {
             .collect();
         let learners: Vec<NodeId> = cfg.learners.iter().copied().collect();
         let voters: Vec<NodeId> = cfg.voters.iter().copied().collect();
-        let change = match self.rng.range(0, 3) {
+        let change = match self.rng.range(0, 4) {
+            // Any voter set at once (the protocol goes through joint consensus).
+            3 => {
+                let all: Vec<NodeId> = self.slots.iter().map(|s| s.id).collect();
+                let size = self.rng.range(1, all.len() as u64 + 1) as usize;
+                let mut pool = all;
+                let mut set = BTreeSet::new();
+                while set.len() < size && !pool.is_empty() {
+                    let i = self.rng.range(0, pool.len() as u64) as usize;
+                    set.insert(pool.swap_remove(i));
+                }
+                Some(MembershipChange::SetVoters(set))
+            }
             0 => self
                 .rng
                 .pick(&outsiders)

@@ -1,7 +1,7 @@
 //! The simulated network as a production [`Transport`]: every message and snapshot goes
 //! through the nodes' real inboxes, after a seeded delay, unless dropped or cut off.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +20,18 @@ pub(crate) struct Net {
     pub(crate) links: Network,
     pub(crate) rng: Rng,
     pub(crate) inboxes: BTreeMap<NodeId, NodeInbox>,
+    /// Nodes whose AppendEntries are lost (a script's way to let a node win an election
+    /// without its first entries reaching anyone).
+    pub(crate) muted: BTreeSet<NodeId>,
+    /// A leader whose entries of its own term are lost (its entries of earlier terms still
+    /// travel): Figure 8 (c), where only an old-term entry reaches a majority.
+    pub(crate) hold_own_term: Option<NodeId>,
+    /// Probability that a node granting a vote loses power right after.
+    pub(crate) cut_after_vote: f64,
+    /// Votes granted since the world last looked: (voter, candidate, term).
+    pub(crate) votes: Vec<(NodeId, NodeId, crate::types::Term)>,
+    /// Power cuts due: (node, when).
+    pub(crate) power_cuts: Vec<(NodeId, tokio::time::Instant)>,
 }
 
 pub(crate) type SharedNet = Arc<Mutex<Net>>;
@@ -53,6 +65,30 @@ impl Transport for SimTransport {
     fn send(&self, msg: Message) {
         let plan = {
             let mut net = lock(&self.net);
+            if let crate::message::MessageBody::AppendEntries { entries, .. } = &msg.body {
+                let own_term = entries.iter().any(|e| e.log_id.term == msg.term);
+                if net.muted.contains(&self.from)
+                    || (own_term && net.hold_own_term == Some(self.from))
+                {
+                    return;
+                }
+            }
+            let granted = matches!(
+                msg.body,
+                crate::message::MessageBody::VoteResponse {
+                    pre_vote: false,
+                    granted: true
+                }
+            );
+            if granted {
+                net.votes.push((self.from, msg.to, msg.term));
+                let p = net.cut_after_vote;
+                if net.rng.chance(p) {
+                    let at = tokio::time::Instant::now()
+                        + Duration::from_micros(net.rng.range(0, 1_000));
+                    net.power_cuts.push((self.from, at));
+                }
+            }
             let Net { links, rng, .. } = &mut *net;
             links.plan(rng, self.from, msg.to)
         };

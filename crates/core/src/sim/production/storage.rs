@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::rng::Rng;
 use crate::storage::{LogStore, MemDisk, MemSnapshotStore, SnapshotStore};
-use crate::types::{LogId, NodeId};
+use crate::types::{HardState, LogId, NodeId};
 
 /// How a simulated node's process died.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +76,13 @@ pub trait SimStorage: Send + Sync + 'static {
     fn durable_at(&self, _id: NodeId, _index: u64) -> Option<Held> {
         None
     }
+
+    /// The term and vote node `id` holds durably (what a power loss now would leave);
+    /// `None` if the storage cannot tell. Lets the simulator check that a granted vote is on
+    /// disk before the candidate hears of it (§5.2, Figure 2: persistent state).
+    fn durable_hard_state(&self, _id: NodeId) -> Option<HardState> {
+        None
+    }
 }
 
 /// In-memory stores: the log on a [`MemDisk`] (a crash keeps exactly what was synced), the
@@ -116,6 +123,15 @@ impl SimStorage for MemStorage {
             return Some(Held::Nothing);
         };
         Some(n.disk.durable_at(index))
+    }
+
+    fn durable_hard_state(&self, id: NodeId) -> Option<HardState> {
+        let nodes = self.nodes.lock().ok()?;
+        Some(
+            nodes
+                .get(&id)
+                .map_or(HardState::default(), |n| n.disk.durable_hard_state()),
+        )
     }
 
     fn fail_next_sync(&self, id: NodeId, _rng: &mut Rng) {

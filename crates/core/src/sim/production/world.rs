@@ -2,7 +2,7 @@
 //! invariants as it goes, then heals everything and checks liveness, convergence and the
 //! history.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,7 +25,7 @@ use crate::runtime::{Node, NodeParts, RuntimeConfig};
 use crate::sim::checker::Violation;
 use crate::sim::linearizability::{check_kv_history, KvOp};
 use crate::sim::network::Network;
-use crate::sim::{SimFailure, SimReport};
+use crate::sim::{Scenario, SimFailure, SimReport};
 use crate::state_machine::{KvStateMachine, StateMachine};
 use crate::types::{NodeId, Term};
 
@@ -72,11 +72,26 @@ pub(super) struct World {
     pub(super) heal_at: Option<Instant>,
     /// This run's snapshot policy: entries between two snapshots.
     snapshot_every: u64,
-    /// The commit index last checked for durability.
-    durable_checked: u64,
-    /// The configuration the latest leader seen runs, and the one before it.
+    /// Per node seen leading: its term, its configuration, and whether that configuration
+    /// stayed the same at every step since its commit index was last checked.
+    watched: BTreeMap<NodeId, Watch>,
+    /// The configuration of the leader of the highest term seen.
     pub(super) config: MembershipConfig,
-    previous_config: MembershipConfig,
+    config_term: Term,
+    /// The scripted schedule's state, when one replaces the nemesis.
+    pub(super) script: super::figure8::Figure8,
+    /// A violation found while carrying out a power cut.
+    cut_violation: Option<Violation>,
+}
+
+/// What the commit durability check knows of one leader.
+struct Watch {
+    term: Term,
+    config: MembershipConfig,
+    /// The configuration did not change in the window since the last check, so every
+    /// commit decision in it was taken under `config`.
+    steady: bool,
+    checked: u64,
 }
 
 /// Runs `sim` on a fresh paused single-threaded runtime on this thread.
@@ -127,13 +142,19 @@ pub(super) fn run(sim: Simulation, storage: Arc<dyn SimStorage>) -> Result<SimRe
 
 /// The command that replays a run.
 fn replay(sim: &Simulation) -> String {
-    let mut cmd = format!("cargo xtask sim --production --seed {}", sim.seed);
+    let mut cmd = format!("cargo xtask sim --seed {}", sim.seed);
     let d = super::ProductionConfig::default();
     if sim.cfg.ops != d.ops {
         cmd.push_str(&format!(" --ops {}", sim.cfg.ops));
     }
     if sim.cfg.max_nodes != d.max_nodes {
         cmd.push_str(&format!(" --nodes {}", sim.cfg.max_nodes));
+    }
+    if sim.cfg.nemesis_interval_ms != d.nemesis_interval_ms {
+        cmd.push_str(&format!(" --nemesis-ms {}", sim.cfg.nemesis_interval_ms));
+    }
+    if sim.cfg.scenario == Some(Scenario::Figure8) {
+        cmd.push_str(" --scenario figure8");
     }
     match sim.workload {
         Workload::PersistedKv if sim.seed.is_multiple_of(2) => cmd.push_str(" --persisted"),
@@ -142,6 +163,11 @@ fn replay(sim: &Simulation) -> String {
     }
     for name in super::RUNTIME_BUG_NAMES {
         if super::runtime_bug_by_name(name) == Some(sim.bugs) {
+            cmd.push_str(&format!(" --bug {name}"));
+        }
+    }
+    for name in crate::sim::BUG_NAMES {
+        if crate::sim::bug_by_name(name) == Some(sim.cfg.raft.bugs) {
             cmd.push_str(&format!(" --bug {name}"));
         }
     }
@@ -165,6 +191,11 @@ impl World {
             },
             rng: Rng::new(rng.next_u64()),
             inboxes: BTreeMap::new(),
+            muted: BTreeSet::new(),
+            hold_own_term: None,
+            cut_after_vote: faults.crash_after_vote * f64::from(u8::from(faults.crash)),
+            votes: Vec::new(),
+            power_cuts: Vec::new(),
         };
         let slots = (1..=sim.cfg.max_nodes.max(sim.cfg.nodes) as NodeId)
             .map(|id| {
@@ -212,9 +243,11 @@ impl World {
             leaders: BTreeMap::new(),
             heal_at: None,
             snapshot_every,
-            durable_checked: 0,
-            config: initial.clone(),
-            previous_config: initial,
+            watched: BTreeMap::new(),
+            config: initial,
+            config_term: 0,
+            script: Default::default(),
+            cut_violation: None,
         }
     }
 
@@ -236,14 +269,27 @@ impl World {
             .collect();
         let limit = Duration::from_secs(self.sim.cfg.max_sim_seconds);
         let mut next_nemesis = Instant::now() + self.nemesis_delay();
+        let mut next_step = Instant::now();
         while !clients.iter().all(|c| c.is_finished()) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            next_step += Duration::from_millis(5);
+            if self.power_cut(next_step).await {
+                if let Some(v) = self.cut_violation.take() {
+                    return Err(v);
+                }
+                continue;
+            }
+            tokio::time::sleep_until(next_step).await;
             self.report.steps += 1;
             self.check().await?;
             self.due().await?;
             if Instant::now() >= next_nemesis {
-                self.nemesis().await?;
-                next_nemesis = Instant::now() + self.nemesis_delay();
+                if self.sim.cfg.scenario == Some(Scenario::Figure8) {
+                    self.figure8().await?;
+                    next_nemesis = Instant::now() + Duration::from_millis(self.rng.range(2, 12));
+                } else {
+                    self.nemesis().await?;
+                    next_nemesis = Instant::now() + self.nemesis_delay();
+                }
             }
             if self.shared.start.elapsed() > limit {
                 return Err(violation(
@@ -255,8 +301,40 @@ impl World {
         self.finish().await
     }
 
+    /// Sleeps until the first power cut due before `step` and carries it out (a minority
+    /// down at most); false if none is due.
+    async fn power_cut(&mut self, step: Instant) -> bool {
+        let cut = {
+            let mut net = self.net.lock().unwrap_or_else(|p| p.into_inner());
+            let first = (0..net.power_cuts.len()).min_by_key(|i| net.power_cuts[*i].1);
+            match first {
+                Some(i) if net.power_cuts[i].1 < step => Some(net.power_cuts.swap_remove(i)),
+                _ => None,
+            }
+        };
+        let Some((id, at)) = cut else {
+            return false;
+        };
+        tokio::time::sleep_until(at).await;
+        let Some(i) = self.slots.iter().position(|s| s.id == id) else {
+            return true;
+        };
+        if self.slots[i].node.is_some() && self.impaired() < self.minority() {
+            let torn = self.sim.cfg.faults.torn_writes && self.rng.chance(0.5);
+            // Back soon, while the election it voted in may still be running.
+            let d = Duration::from_millis(self.rng.range(1, 30));
+            self.crash(i, super::Crash::PowerLoss { torn }, d).await;
+            if let Err(v) = self.check_votes_durable() {
+                self.cut_violation = Some(v);
+            }
+        }
+        true
+    }
+
     fn nemesis_delay(&mut self) -> Duration {
-        let mean = self.sim.cfg.nemesis_interval_ms.max(1);
+        // At least two steps apart, so no configuration change hides between two
+        // observations (see `watch_commit`).
+        let mean = self.sim.cfg.nemesis_interval_ms.max(20);
         Duration::from_millis(self.rng.range(mean / 2, mean * 3 / 2 + 1))
     }
 
@@ -302,8 +380,14 @@ impl World {
             answers: self.applied.clone(),
         });
         let mut latency_rng = Rng::new(self.rng.next_u64());
+        // Mostly a fast disk, sometimes an fsync that stalls (a busy device): a wider
+        // window between a write and its durability for crashes to fall into.
         let latency = Arc::new(Mutex::new(move || {
-            Duration::from_micros(latency_rng.range(150, 1_200))
+            Duration::from_micros(if latency_rng.chance(0.05) {
+                latency_rng.range(2_000, 15_000)
+            } else {
+                latency_rng.range(150, 1_200)
+            })
         }));
         let env = Env {
             clock: Clock::drifting(self.slots[i].ppm),
@@ -376,7 +460,7 @@ impl World {
     }
 
     /// One line per node, for a failure report.
-    fn dump(&self) -> String {
+    pub(super) fn dump(&self) -> String {
         let mut out = String::new();
         for s in &self.slots {
             let line = match &s.node {
@@ -436,6 +520,7 @@ impl World {
         {
             return Err(violation("state machine safety", v));
         }
+        self.check_votes_durable()?;
         for i in 0..self.slots.len() {
             let Some(node) = &self.slots[i].node else {
                 continue;
@@ -465,20 +550,17 @@ impl World {
             }
             if st.role == Role::Leader {
                 let id = self.slots[i].id;
-                if st.membership != self.config {
-                    if st.membership.voters.len() != self.config.voters.len() {
+                if st.term >= self.config_term {
+                    if st.membership.voters != self.config.voters {
                         self.report.membership_changes += 1;
                     }
-                    self.previous_config =
-                        std::mem::replace(&mut self.config, st.membership.clone());
+                    self.config = st.membership.clone();
+                    self.config_term = st.term;
                 }
                 if self.report.steps.is_multiple_of(8) {
                     self.check_acks_durable(id, &st)?;
                 }
-                if self.report.steps.is_multiple_of(4) && st.commit != self.durable_checked {
-                    self.check_commit_durable(id, st.commit)?;
-                    self.durable_checked = st.commit;
-                }
+                self.watch_commit(id, &st)?;
                 match self.leaders.get(&st.term) {
                     Some(other) if *other != id => {
                         return Err(violation(
@@ -497,9 +579,38 @@ impl World {
         Ok(())
     }
 
-    /// A leader's commit index is durable on a quorum (§5.3, and the promise that an
-    /// acknowledged write survives any minority of crashes).
-    fn check_commit_durable(&self, leader: NodeId, commit: u64) -> Step {
+    /// Follows leader `id`'s configuration at every step and, every fourth step, checks
+    /// its commit index is durable on a quorum of the configuration it decided under.
+    fn watch_commit(&mut self, id: NodeId, st: &crate::runtime::NodeStatus) -> Step {
+        let w = self.watched.entry(id).or_insert_with(|| Watch {
+            term: st.term,
+            config: st.membership.clone(),
+            steady: false,
+            checked: 0,
+        });
+        if w.term != st.term || w.config != st.membership {
+            w.term = st.term;
+            w.config = st.membership.clone();
+            w.steady = false;
+        }
+        if !self.report.steps.is_multiple_of(4) {
+            return Ok(());
+        }
+        let check = w.steady && st.commit != w.checked;
+        w.steady = true;
+        w.checked = st.commit;
+        if check {
+            self.check_commit_durable(id, st.commit, &st.membership)?;
+        }
+        Ok(())
+    }
+
+    /// A leader's commit index is durable on a quorum of `config` (§5.3, and the promise
+    /// that an acknowledged write survives any minority of crashes). The caller knows every
+    /// commit decision since the last check was taken under `config`: a leader counts
+    /// replicas in its latest configuration, and the nemesis changes it at most once in a
+    /// step.
+    fn check_commit_durable(&self, leader: NodeId, commit: u64, cfg: &MembershipConfig) -> Step {
         if commit == 0 {
             return Ok(());
         }
@@ -514,17 +625,34 @@ impl World {
             // Under a durable snapshot somewhere: it was checked when it was committed.
             return Ok(());
         }
-        let term = held
+        // The leader's own copy may not be durable yet (it counts once it is): the entry is
+        // the one of the leader's term there, or else whichever one a quorum holds.
+        let terms: BTreeSet<u64> = held
             .iter()
-            .find(|(id, h)| *id == leader && matches!(h, Held::Entry(_)))
-            .or_else(|| held.iter().find(|(_, h)| matches!(h, Held::Entry(_))))
-            .map(|(_, h)| *h);
-        let holds = |id: NodeId| held.iter().any(|(n, h)| *n == id && Some(*h) == term);
-        // The entry was committed under the configuration in force then: the current one,
-        // or (a single-server change since, whose new member may still be catching up) the
-        // one before it.
-        let cfg = &self.config;
-        if !cfg.is_quorum(holds) && !self.previous_config.is_quorum(holds) {
+            .filter_map(|(_, h)| match h {
+                Held::Entry(t) => Some(*t),
+                _ => None,
+            })
+            .collect();
+        let term = terms
+            .iter()
+            .copied()
+            .find(|t| {
+                cfg.is_quorum(|id| held.iter().any(|(n, h)| *n == id && *h == Held::Entry(*t)))
+            })
+            .or_else(|| {
+                held.iter()
+                    .find(|(id, h)| *id == leader && matches!(h, Held::Entry(_)))
+                    .and_then(|(_, h)| match h {
+                        Held::Entry(t) => Some(*t),
+                        _ => None,
+                    })
+            });
+        let holds = |id: NodeId| {
+            held.iter()
+                .any(|(n, h)| *n == id && term.is_some_and(|t| *h == Held::Entry(t)))
+        };
+        if !cfg.is_quorum(holds) {
             let holding: Vec<NodeId> = held
                 .iter()
                 .filter(|(n, _)| holds(*n))
@@ -536,6 +664,35 @@ impl World {
                     "leader {leader} reports index {commit} committed, but only nodes {holding:?} hold it durably, no quorum of {cfg:?} ({held:?})"
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// Every vote granted is on the voter's disk by the time the candidate can hear of it
+    /// (§5.2; Figure 2: `currentTerm` and `votedFor` are persistent state, updated on
+    /// stable storage before responding), so no crash lets a node vote twice in a term.
+    fn check_votes_durable(&self) -> Step {
+        let votes = std::mem::take(&mut self.net.lock().unwrap_or_else(|p| p.into_inner()).votes);
+        for (voter, candidate, term) in votes {
+            if self
+                .slots
+                .iter()
+                .any(|s| s.id == voter && s.flipped.is_some())
+            {
+                continue;
+            }
+            let Some(hs) = self.storage.durable_hard_state(voter) else {
+                continue;
+            };
+            if hs.term < term || (hs.term == term && hs.vote != Some(candidate)) {
+                return Err(violation(
+                    "vote durability",
+                    format!(
+                        "node {voter} granted node {candidate} its vote in term {term}, but holds term {} vote {:?} durably",
+                        hs.term, hs.vote
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -614,6 +771,8 @@ impl World {
             let mut net = self.net.lock().unwrap_or_else(|p| p.into_inner());
             net.links.drop_rate = 0.0;
             net.links.duplicate_rate = 0.0;
+            net.muted.clear();
+            net.hold_own_term = None;
         }
         for i in 0..self.slots.len() {
             self.slots[i].stalled_until = None;
