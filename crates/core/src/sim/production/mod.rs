@@ -21,8 +21,10 @@
 //! assert!(report.ops_ok > 0);
 //! ```
 
+mod checks;
 mod clients;
 mod figure8;
+mod finish;
 mod handler;
 mod machines;
 mod nemesis;

@@ -3,7 +3,7 @@
 //! history.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use super::clients::{self, Shared};
 use super::handler::RecordingHandler;
 use super::machines::{AppliedLog, DurableState, PersistedKv, Recorded};
 use super::net::{Net, SharedNet, SimTransport};
-use super::storage::{Held, SimStorage};
+use super::storage::SimStorage;
 use super::{Simulation, Workload};
 use crate::handler::{DefaultStateMachineHandler, EntriesSince};
 use crate::membership::MembershipConfig;
@@ -23,7 +23,6 @@ use crate::rng::Rng;
 use crate::runtime::env::{self, Clock, Env, StallGate};
 use crate::runtime::{Node, NodeParts, RuntimeConfig};
 use crate::sim::checker::Violation;
-use crate::sim::linearizability::{check_kv_history, KvOp};
 use crate::sim::network::Network;
 use crate::sim::{Scenario, SimFailure, SimReport};
 use crate::state_machine::{KvStateMachine, StateMachine};
@@ -42,7 +41,7 @@ pub(super) struct Slot {
     pub(super) stall: watch::Sender<bool>,
     pub(super) gate: StallGate,
     /// The node's clock drift, parts per million.
-    ppm: i32,
+    pub(super) ppm: i32,
     /// When a crashed node starts again.
     pub(super) down_until: Option<Instant>,
     /// When a stalled node resumes.
@@ -52,9 +51,9 @@ pub(super) struct Slot {
     /// An fsync failure was injected: the node is expected to stop.
     pub(super) sync_failing: bool,
     /// What a self-persisting machine holds on its disk.
-    durable: DurableState,
+    pub(super) durable: DurableState,
     /// The running incarnation's machine.
-    machine: Option<Arc<dyn StateMachine>>,
+    pub(super) machine: Option<Arc<dyn StateMachine>>,
 }
 
 pub(super) struct World {
@@ -64,34 +63,24 @@ pub(super) struct World {
     pub(super) net: SharedNet,
     pub(super) slots: Vec<Slot>,
     pub(super) shared: Arc<Shared>,
-    applied: Arc<Mutex<AppliedLog>>,
+    pub(super) applied: Arc<Mutex<AppliedLog>>,
     /// Who led each term (election safety).
-    leaders: BTreeMap<Term, NodeId>,
+    pub(super) leaders: BTreeMap<Term, NodeId>,
     pub(super) report: SimReport,
     /// When the net heals a partition.
     pub(super) heal_at: Option<Instant>,
     /// This run's snapshot policy: entries between two snapshots.
-    snapshot_every: u64,
+    pub(super) snapshot_every: u64,
     /// Per node seen leading: its term, its configuration, and whether that configuration
     /// stayed the same at every step since its commit index was last checked.
-    watched: BTreeMap<NodeId, Watch>,
+    pub(super) watched: BTreeMap<NodeId, super::checks::Watch>,
     /// The configuration of the leader of the highest term seen.
     pub(super) config: MembershipConfig,
-    config_term: Term,
+    pub(super) config_term: Term,
     /// The scripted schedule's state, when one replaces the nemesis.
     pub(super) script: super::figure8::Figure8,
     /// A violation found while carrying out a power cut.
-    cut_violation: Option<Violation>,
-}
-
-/// What the commit durability check knows of one leader.
-struct Watch {
-    term: Term,
-    config: MembershipConfig,
-    /// The configuration did not change in the window since the last check, so every
-    /// commit decision in it was taken under `config`.
-    steady: bool,
-    checked: u64,
+    pub(super) cut_violation: Option<Violation>,
 }
 
 /// Runs `sim` on a fresh paused single-threaded runtime on this thread.
@@ -511,7 +500,7 @@ impl World {
     }
 
     /// Checks made every few simulated milliseconds.
-    async fn check(&mut self) -> Step {
+    pub(super) async fn check(&mut self) -> Step {
         if let Some(v) = self
             .applied
             .lock()
@@ -579,166 +568,8 @@ impl World {
         Ok(())
     }
 
-    /// Follows leader `id`'s configuration at every step and, every fourth step, checks
-    /// its commit index is durable on a quorum of the configuration it decided under.
-    fn watch_commit(&mut self, id: NodeId, st: &crate::runtime::NodeStatus) -> Step {
-        let w = self.watched.entry(id).or_insert_with(|| Watch {
-            term: st.term,
-            config: st.membership.clone(),
-            steady: false,
-            checked: 0,
-        });
-        if w.term != st.term || w.config != st.membership {
-            w.term = st.term;
-            w.config = st.membership.clone();
-            w.steady = false;
-        }
-        if !self.report.steps.is_multiple_of(4) {
-            return Ok(());
-        }
-        let check = w.steady && st.commit != w.checked;
-        w.steady = true;
-        w.checked = st.commit;
-        if check {
-            self.check_commit_durable(id, st.commit, &st.membership)?;
-        }
-        Ok(())
-    }
-
-    /// A leader's commit index is durable on a quorum of `config` (§5.3, and the promise
-    /// that an acknowledged write survives any minority of crashes). The caller knows every
-    /// commit decision since the last check was taken under `config`: a leader counts
-    /// replicas in its latest configuration, and the nemesis changes it at most once in a
-    /// step.
-    fn check_commit_durable(&self, leader: NodeId, commit: u64, cfg: &MembershipConfig) -> Step {
-        if commit == 0 {
-            return Ok(());
-        }
-        let mut held = Vec::with_capacity(self.slots.len());
-        for s in &self.slots {
-            match self.storage.durable_at(s.id, commit) {
-                Some(h) => held.push((s.id, h)),
-                None => return Ok(()),
-            }
-        }
-        if held.iter().any(|(_, h)| *h == Held::Snapshot) {
-            // Under a durable snapshot somewhere: it was checked when it was committed.
-            return Ok(());
-        }
-        // The leader's own copy may not be durable yet (it counts once it is): the entry is
-        // the one of the leader's term there, or else whichever one a quorum holds.
-        let terms: BTreeSet<u64> = held
-            .iter()
-            .filter_map(|(_, h)| match h {
-                Held::Entry(t) => Some(*t),
-                _ => None,
-            })
-            .collect();
-        let term = terms
-            .iter()
-            .copied()
-            .find(|t| {
-                cfg.is_quorum(|id| held.iter().any(|(n, h)| *n == id && *h == Held::Entry(*t)))
-            })
-            .or_else(|| {
-                held.iter()
-                    .find(|(id, h)| *id == leader && matches!(h, Held::Entry(_)))
-                    .and_then(|(_, h)| match h {
-                        Held::Entry(t) => Some(*t),
-                        _ => None,
-                    })
-            });
-        let holds = |id: NodeId| {
-            held.iter()
-                .any(|(n, h)| *n == id && term.is_some_and(|t| *h == Held::Entry(t)))
-        };
-        if !cfg.is_quorum(holds) {
-            let holding: Vec<NodeId> = held
-                .iter()
-                .filter(|(n, _)| holds(*n))
-                .map(|(n, _)| *n)
-                .collect();
-            return Err(violation(
-                "commit durability",
-                format!(
-                    "leader {leader} reports index {commit} committed, but only nodes {holding:?} hold it durably, no quorum of {cfg:?} ({held:?})"
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Every vote granted is on the voter's disk by the time the candidate can hear of it
-    /// (§5.2; Figure 2: `currentTerm` and `votedFor` are persistent state, updated on
-    /// stable storage before responding), so no crash lets a node vote twice in a term.
-    fn check_votes_durable(&self) -> Step {
-        let votes = std::mem::take(&mut self.net.lock().unwrap_or_else(|p| p.into_inner()).votes);
-        for (voter, candidate, term) in votes {
-            if self
-                .slots
-                .iter()
-                .any(|s| s.id == voter && s.flipped.is_some())
-            {
-                continue;
-            }
-            let Some(hs) = self.storage.durable_hard_state(voter) else {
-                continue;
-            };
-            if hs.term < term || (hs.term == term && hs.vote != Some(candidate)) {
-                return Err(violation(
-                    "vote durability",
-                    format!(
-                        "node {voter} granted node {candidate} its vote in term {term}, but holds term {} vote {:?} durably",
-                        hs.term, hs.vote
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Every follower's acknowledged index, as the leader records it, is durable on that
-    /// follower (an acknowledgement means "on stable storage", §5.3): checked for the
-    /// followers that follow this leader in its term.
-    fn check_acks_durable(&self, leader: NodeId, st: &crate::runtime::NodeStatus) -> Step {
-        for (peer, p) in &st.progress {
-            if *peer == leader || p.matched == 0 {
-                continue;
-            }
-            let follows = self
-                .slots
-                .iter()
-                .find(|s| s.id == *peer)
-                .and_then(|s| s.node.as_ref())
-                .is_some_and(|n| {
-                    let ps = n.status();
-                    ps.term == st.term && ps.leader == Some(leader)
-                });
-            if !follows {
-                continue;
-            }
-            let Some(Held::Entry(term)) = self.storage.durable_at(leader, p.matched) else {
-                continue;
-            };
-            match self.storage.durable_at(*peer, p.matched) {
-                Some(Held::Entry(t)) if t == term => {}
-                Some(Held::Snapshot) | None => {}
-                Some(other) => {
-                    return Err(violation(
-                        "ack durability",
-                        format!(
-                            "leader {leader} counts node {peer} at index {} (term {term}), but node {peer} holds {other:?} there durably",
-                            p.matched
-                        ),
-                    ))
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Restarts, resumes and heals whatever is due.
-    async fn due(&mut self) -> Step {
+    pub(super) async fn due(&mut self) -> Step {
         let now = Instant::now();
         for i in 0..self.slots.len() {
             if self.slots[i].down_until.is_some_and(|t| t <= now) {
@@ -756,149 +587,6 @@ impl World {
                 .unwrap_or_else(|p| p.into_inner())
                 .links
                 .heal();
-        }
-        Ok(())
-    }
-
-    /// Heals every fault, then checks liveness, convergence and the history.
-    async fn finish(&mut self) -> Step {
-        self.net
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .links
-            .heal();
-        {
-            let mut net = self.net.lock().unwrap_or_else(|p| p.into_inner());
-            net.links.drop_rate = 0.0;
-            net.links.duplicate_rate = 0.0;
-            net.muted.clear();
-            net.hold_own_term = None;
-        }
-        for i in 0..self.slots.len() {
-            self.slots[i].stalled_until = None;
-            let _ = self.slots[i].stall.send(false);
-            if self.slots[i].node.is_none() {
-                self.repair(i);
-                self.boot(i).await?;
-            }
-        }
-        let index = self.liveness().await?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            self.check().await?;
-            self.due().await?;
-            let members = self.config.members();
-            let behind: Vec<NodeId> = self
-                .slots
-                .iter()
-                .filter(|s| members.contains(&s.id))
-                .filter(|s| s.node.as_ref().is_none_or(|n| n.status().applied < index))
-                .map(|s| s.id)
-                .collect();
-            if behind.is_empty() {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(violation(
-                    "convergence",
-                    format!(
-                        "nodes {behind:?} did not apply index {index} within 30 s after healing"
-                    ),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        self.check_equal_states().await?;
-        self.report.ops_ok = self.shared.ok.load(Ordering::Relaxed) as u64;
-        self.report.ops_unknown = self.shared.unknown.load(Ordering::Relaxed) as u64;
-        self.report.ops_failed = self.shared.refused.load(Ordering::Relaxed) as u64;
-        if matches!(self.sim.workload, Workload::Custom { .. }) {
-            return Ok(());
-        }
-        let history = self
-            .shared
-            .history
-            .lock()
-            .map(|h| h.clone())
-            .unwrap_or_default();
-        let failed = self
-            .shared
-            .failed
-            .lock()
-            .map(|f| f.clone())
-            .unwrap_or_default();
-        let ops: Vec<_> = history
-            .into_iter()
-            .enumerate()
-            .filter(|(i, h)| {
-                !(failed.contains(i) || (h.complete.is_none() && matches!(h.op, KvOp::Get { .. })))
-            })
-            .map(|(_, h)| h)
-            .collect();
-        check_kv_history(&ops).map_err(|e| violation("linearizability", e.to_string()))
-    }
-
-    /// A write after healing commits within 60 simulated seconds; returns its index.
-    async fn liveness(&mut self) -> Result<u64, Violation> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let command = match &self.sim.workload {
-            Workload::Custom { commands, .. } => commands(&mut self.rng),
-            _ => super::machines::encode(&KvOp::Put {
-                key: self.sim.cfg.keys + 1,
-                value: 1,
-            }),
-        };
-        loop {
-            self.check().await?;
-            self.due().await?;
-            let leader = self
-                .slots
-                .iter()
-                .filter_map(|s| s.node.clone())
-                .find(|n| n.is_leader());
-            if let Some(n) = leader {
-                // Committed and applied: answered, or refused by the machine itself (a
-                // deterministic answer to a command it does not understand).
-                match n.propose(command.clone()).await {
-                    Ok(_) | Err(crate::error::NodeError::Rejected(_)) => {
-                        return Ok(n.status().commit)
-                    }
-                    Err(_) => {}
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(violation(
-                    "liveness",
-                    "no write committed within 60 s after every fault healed".into(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Every replica's machine holds the same state (the same snapshot bytes).
-    async fn check_equal_states(&self) -> Step {
-        let mut first: Option<(NodeId, Vec<u8>)> = None;
-        let members = self.config.members();
-        for s in self.slots.iter().filter(|s| members.contains(&s.id)) {
-            let Some(m) = &s.machine else { continue };
-            let mut bytes = Vec::new();
-            m.snapshot(&mut bytes)
-                .await
-                .map_err(|e| violation("convergence", format!("node {}: snapshot: {e}", s.id)))?;
-            match &first {
-                None => first = Some((s.id, bytes)),
-                Some((id, b)) if *b != bytes => {
-                    return Err(violation(
-                        "convergence",
-                        format!(
-                            "nodes {id} and {} applied the same log but hold different states",
-                            s.id
-                        ),
-                    ))
-                }
-                Some(_) => {}
-            }
         }
         Ok(())
     }
