@@ -13,7 +13,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use std::sync::atomic::Ordering;
 use tokio::time::Instant;
 
 /// A node's monotonic clock: tokio's, running `ppm` parts per million fast (positive) or
@@ -65,8 +65,33 @@ impl Clock {
 }
 
 /// Whether a node is running or stalled (a paused process); only the simulator stalls one.
+///
+/// Built on a `Notify`, which wakes its waiters in the order they came, rather than on a
+/// `watch` channel, whose waiters are spread at random over several lists: the order in
+/// which a resumed node's tasks run must come from the seed alone.
 #[derive(Clone, Debug)]
-pub struct StallGate(Option<watch::Receiver<bool>>);
+pub struct StallGate(Option<Arc<GateState>>);
+
+#[derive(Debug, Default)]
+struct GateState {
+    stalled: std::sync::atomic::AtomicBool,
+    resumed: tokio::sync::Notify,
+}
+
+/// The simulator's side of a [`StallGate`].
+#[derive(Debug)]
+pub struct StallSwitch(Arc<GateState>);
+
+impl StallSwitch {
+    /// Stalls (`true`) or resumes (`false`) the node; returns whether that changed anything.
+    pub fn send(&self, stalled: bool) -> bool {
+        let was = self.0.stalled.swap(stalled, Ordering::AcqRel);
+        if was && !stalled {
+            self.0.resumed.notify_waiters();
+        }
+        was != stalled
+    }
+}
 
 impl StallGate {
     /// A gate that never closes (production).
@@ -75,21 +100,30 @@ impl StallGate {
     }
 
     /// A gate controlled by the returned switch: `true` stalls the node.
-    pub fn switch() -> (watch::Sender<bool>, Self) {
-        let (tx, rx) = watch::channel(false);
-        (tx, Self(Some(rx)))
+    pub fn switch() -> (StallSwitch, Self) {
+        let state = Arc::new(GateState::default());
+        (StallSwitch(state.clone()), Self(Some(state)))
     }
 
     /// True while the node is stalled.
     pub fn is_stalled(&self) -> bool {
-        self.0.as_ref().is_some_and(|r| *r.borrow())
+        self.0
+            .as_ref()
+            .is_some_and(|g| g.stalled.load(Ordering::Acquire))
     }
 
     /// Returns once the node is not stalled.
     pub async fn passed(&self) {
-        if let Some(rx) = &self.0 {
-            let mut rx = rx.clone();
-            let _ = rx.wait_for(|stalled| !*stalled).await;
+        let Some(g) = &self.0 else { return };
+        loop {
+            let resumed = g.resumed.notified();
+            tokio::pin!(resumed);
+            // Registered before the check, so a resume between the two is not missed.
+            resumed.as_mut().enable();
+            if !g.stalled.load(Ordering::Acquire) {
+                return;
+            }
+            resumed.await;
         }
     }
 }
@@ -239,15 +273,38 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stalled_gate_holds_work_until_it_is_released() {
         let (switch, gate) = StallGate::switch();
-        switch.send(true).unwrap();
+        assert!(switch.send(true));
+        assert!(!switch.send(true), "already stalled");
         assert!(gate.is_stalled());
         let g = gate.clone();
         let waiter = tokio::spawn(async move { g.passed().await });
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(!waiter.is_finished());
-        switch.send(false).unwrap();
+        assert!(switch.send(false));
         waiter.await.unwrap();
         StallGate::open().passed().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_gate_resumes_its_waiters_in_the_order_they_came() {
+        let (switch, gate) = StallGate::switch();
+        switch.send(true);
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let waiters: Vec<_> = (0..20)
+            .map(|i| {
+                let (g, order) = (gate.clone(), order.clone());
+                tokio::spawn(async move {
+                    g.passed().await;
+                    order.lock().unwrap().push(i);
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        switch.send(false);
+        for w in waiters {
+            w.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), (0..20).collect::<Vec<_>>());
     }
 
     #[tokio::test]

@@ -7,7 +7,6 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::clients::{self, Shared};
@@ -20,7 +19,7 @@ use crate::handler::{DefaultStateMachineHandler, EntriesSince};
 use crate::membership::MembershipConfig;
 use crate::raft::Role;
 use crate::rng::Rng;
-use crate::runtime::env::{self, Clock, Env, StallGate};
+use crate::runtime::env::{self, Clock, Env, StallGate, StallSwitch};
 use crate::runtime::{Node, NodeParts, RuntimeConfig};
 use crate::sim::checker::Violation;
 use crate::sim::network::Network;
@@ -38,7 +37,7 @@ pub(super) fn violation(check: &'static str, detail: String) -> Violation {
 pub(super) struct Slot {
     pub(super) id: NodeId,
     pub(super) node: Option<Node>,
-    pub(super) stall: watch::Sender<bool>,
+    pub(super) stall: StallSwitch,
     pub(super) gate: StallGate,
     /// The node's clock drift, parts per million.
     pub(super) ppm: i32,
