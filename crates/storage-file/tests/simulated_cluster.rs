@@ -51,3 +51,15 @@ fn catches_purging_the_log_before_the_snapshot_record_within_2000_seeds() {
 fn catches_recovery_trusting_unsynced_data_within_2000_seeds() {
     assert!(hunt(&planted("recovery-trusts-unsynced"), 2000).is_some());
 }
+
+#[test]
+fn a_snapshot_store_sync_failure_during_install_stops_the_node_instead_of_livelocking() {
+    // Found by the simulator (membership profile, seed 4135): an injected directory fsync
+    // failure failed a snapshot install; the node kept running on a snapshot store whose
+    // later writes failed too, so every resent snapshot failed to install and the node
+    // never caught up. A failed snapshot-store write is now fail-stop, as in the log store.
+    let s = file_sim().with_membership_changes(5).with_seed(4135);
+    let mut cfg = s.settings().clone();
+    cfg.nemesis_interval_ms = 30;
+    s.config(cfg).run().unwrap_or_else(|f| panic!("{f}"));
+}

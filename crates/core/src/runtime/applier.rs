@@ -77,6 +77,19 @@ impl Applier {
                             self.lease.set_applied(meta.last_log_id.index);
                             let _ = self.log.send(LogOp::SnapshotInstalled { meta, reset_log });
                         }
+                        Err(crate::error::HandlerError::Storage(e)) => {
+                            // A failed write or fsync of the snapshot store is fail-stop,
+                            // as in the log store: after it, what the disk holds is unknown
+                            // (and further syncs may fail too), so the node restarts from
+                            // what is durable rather than retry on top of it.
+                            let reason = format!(
+                                "installing snapshot {}: snapshot store: {e}",
+                                meta.last_log_id
+                            );
+                            tracing::error!(%reason, "stopping the node");
+                            let _ = self.core.send(Input::Fatal(reason));
+                            return;
+                        }
                         Err(e) => {
                             tracing::warn!(snapshot = %meta.last_log_id, error = %e, "snapshot install failed; old state kept");
                             let _ = self
