@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use lockstep_core::runtime::cluster::{ClusterStorage, NodeStorage};
-use lockstep_core::testing::cluster_suite as suite;
 use lockstep_core::{NodeId, StorageError};
 use lockstep_storage_file::FileSnapshotStore;
 use lockstep_storage_rocksdb::RocksLogStore;
@@ -28,41 +27,4 @@ fn storage() -> Arc<RocksStorage> {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rocks_cluster_replicates_in_order_5_3() {
-    suite::replicate_in_order(storage()).await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rocks_cluster_leader_crash_mid_load_loses_no_acknowledged_write_5_4() {
-    suite::leader_crash_mid_load(storage()).await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rocks_cluster_learner_catches_up_through_a_snapshot_7() {
-    suite::learner_catches_up_by_snapshot(storage())
-        .await
-        .unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rocks_cluster_joint_consensus_change_thesis_4_3() {
-    suite::joint_consensus_change(storage()).await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rocks_cluster_leader_transfer_under_load_thesis_3_10() {
-    suite::leader_transfer_under_load(storage()).await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rocks_cluster_partitioned_leader_serves_no_stale_reads_thesis_6_4() {
-    suite::partitioned_leader_reads(storage()).await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rocks_cluster_full_restart_keeps_every_write_5_3() {
-    suite::full_restart_keeps_every_write(storage())
-        .await
-        .unwrap();
-}
+lockstep_core::cluster_scenarios!(storage());

@@ -582,3 +582,64 @@ pub async fn full_restart_keeps_every_write(storage: Arc<dyn ClusterStorage>) ->
     c.shutdown().await;
     Ok(())
 }
+
+/// One test per scenario of this suite for a storage backend: `storage` is an expression
+/// that builds fresh [`ClusterStorage`] (wrapped in an `Arc`) for each test. The caller
+/// depends on `tokio` (with the `macros` and `rt-multi-thread` features).
+///
+/// ```ignore
+/// lockstep_core::cluster_scenarios!(storage());
+/// ```
+#[macro_export]
+macro_rules! cluster_scenarios {
+    ($storage:expr) => {
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn cluster_replicates_in_order_5_3() {
+            $crate::testing::cluster_suite::replicate_in_order($storage)
+                .await
+                .unwrap();
+        }
+
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn cluster_leader_crash_mid_load_loses_no_acknowledged_write_5_4() {
+            $crate::testing::cluster_suite::leader_crash_mid_load($storage)
+                .await
+                .unwrap();
+        }
+
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn cluster_learner_catches_up_through_a_snapshot_7() {
+            $crate::testing::cluster_suite::learner_catches_up_by_snapshot($storage)
+                .await
+                .unwrap();
+        }
+
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn cluster_joint_consensus_change_thesis_4_3() {
+            $crate::testing::cluster_suite::joint_consensus_change($storage)
+                .await
+                .unwrap();
+        }
+
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn cluster_leader_transfer_under_load_thesis_3_10() {
+            $crate::testing::cluster_suite::leader_transfer_under_load($storage)
+                .await
+                .unwrap();
+        }
+
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn cluster_partitioned_leader_serves_no_stale_reads_thesis_6_4() {
+            $crate::testing::cluster_suite::partitioned_leader_reads($storage)
+                .await
+                .unwrap();
+        }
+
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn cluster_full_restart_keeps_every_write_5_3() {
+            $crate::testing::cluster_suite::full_restart_keeps_every_write($storage)
+                .await
+                .unwrap();
+        }
+    };
+}
